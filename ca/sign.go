@@ -1,0 +1,147 @@
+package ca
+
+import (
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rsa"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"fmt"
+	"net"
+	"net/url"
+	"slices"
+	"time"
+
+	"github.com/smallstep/certificates/authority/provisioner"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// minRSABits is the smallest RSA key a leaf may have.
+const minRSABits = 2048
+
+// SignParams describes a leaf certificate. The same request serves server
+// certificates and workload SVIDs; only the ID differs.
+type SignParams struct {
+	// CSR is a PKCS#10 request in DER. Only its public key is used, once its
+	// signature has verified: the CA decides everything else.
+	CSR []byte
+	// ID is the only URI SAN of the leaf; URI SANs in the CSR are ignored.
+	ID       spiffeid.ID
+	DNSNames []string
+	IPs      []net.IP
+	// TTL defaults to DefaultSVIDTTL and is clamped so that the leaf never
+	// outlives the intermediate.
+	TTL time.Duration
+}
+
+// Sign issues a leaf certificate and returns the chain: the leaf, the
+// intermediate, and, when the active authority has been cross-signed by the
+// previous root, the cross-signed intermediate.
+func (c *CA) Sign(p SignParams) ([]*x509.Certificate, error) {
+	if p.ID.IsZero() {
+		return nil, fmt.Errorf("%w: id is required", ErrInvalidID)
+	}
+	if !p.ID.MemberOf(c.td) {
+		return nil, fmt.Errorf("%w: %q is not in trust domain %q", ErrInvalidID, p.ID, c.td)
+	}
+	ttl := p.TTL
+	switch {
+	case ttl < 0:
+		return nil, fmt.Errorf("%w: TTL %s is negative", ErrInvalidParams, ttl)
+	case ttl == 0:
+		ttl = DefaultSVIDTTL
+	}
+	for i, name := range p.DNSNames {
+		if name == "" {
+			return nil, fmt.Errorf("%w: DNS name %d is empty", ErrInvalidParams, i)
+		}
+	}
+	for i, ip := range p.IPs {
+		if len(ip) != net.IPv4len && len(ip) != net.IPv6len {
+			return nil, fmt.Errorf("%w: IP %d is not an IP address", ErrInvalidParams, i)
+		}
+	}
+	csr, err := x509.ParseCertificateRequest(p.CSR)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidCSR, err)
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidCSR, err)
+	}
+	keyUsage, err := leafKeyUsage(csr)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidCSR, err)
+	}
+
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	s := c.cur.Load()
+	if s == nil {
+		return nil, ErrNoActiveAuthority
+	}
+	issuer := s.chain[0]
+	now := c.now()
+	if !now.Before(issuer.NotAfter) {
+		return nil, fmt.Errorf("%w: authority %q expired at %s", ErrAuthorityExpired, s.activeID, issuer.NotAfter.UTC().Format(time.RFC3339))
+	}
+	notBefore := now.Add(-backdate)
+	if notBefore.Before(issuer.NotBefore) {
+		notBefore = issuer.NotBefore
+	}
+	notAfter := minTime(now.Add(ttl), issuer.NotAfter)
+
+	var subject pkix.Name
+	if len(p.DNSNames) > 0 {
+		subject.CommonName = p.DNSNames[0]
+	}
+	// smallstep's default template copies the CSR's subject, SANs and raw
+	// extensions (which would override the fields set here, and could ask
+	// for CA:true); the modifier replaces all of it, keeping only the key.
+	replace := provisioner.CertificateModifierFunc(func(cert *x509.Certificate, _ provisioner.SignOptions) error {
+		*cert = x509.Certificate{
+			PublicKey:             cert.PublicKey,
+			PublicKeyAlgorithm:    cert.PublicKeyAlgorithm,
+			Subject:               subject,
+			URIs:                  []*url.URL{p.ID.URL()},
+			DNSNames:              slices.Clone(p.DNSNames),
+			IPAddresses:           slices.Clone(p.IPs),
+			NotBefore:             notBefore,
+			NotAfter:              notAfter,
+			KeyUsage:              keyUsage,
+			ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+			BasicConstraintsValid: true,
+			IsCA:                  false,
+		}
+		return nil
+	})
+	chain, err := c.auth.Sign(csr, provisioner.SignOptions{}, replace)
+	if err != nil {
+		return nil, fmt.Errorf("signing certificate for %s: %w", p.ID, err)
+	}
+	c.log.Debug("issued certificate", "id", p.ID.String(), "authority", s.activeID,
+		"serial", chain[0].SerialNumber.Text(16), "not_after", chain[0].NotAfter)
+	return chain, nil
+}
+
+// leafKeyUsage checks that the CSR's key is strong enough for a leaf and
+// returns the key usage that fits it: RSA keys may also encipher keys.
+func leafKeyUsage(csr *x509.CertificateRequest) (x509.KeyUsage, error) {
+	switch k := csr.PublicKey.(type) {
+	case *ecdsa.PublicKey:
+		switch k.Curve {
+		case elliptic.P256(), elliptic.P384(), elliptic.P521():
+			return x509.KeyUsageDigitalSignature, nil
+		}
+		return 0, fmt.Errorf("unsupported ECDSA curve %s", k.Curve.Params().Name)
+	case *rsa.PublicKey:
+		if k.N.BitLen() < minRSABits {
+			return 0, fmt.Errorf("RSA key of %d bits is shorter than %d", k.N.BitLen(), minRSABits)
+		}
+		return x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment, nil
+	case ed25519.PublicKey:
+		return x509.KeyUsageDigitalSignature, nil
+	default:
+		return 0, fmt.Errorf("unsupported key type %T", csr.PublicKey)
+	}
+}

@@ -1,0 +1,93 @@
+package controlplane
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// Default ports of the three listeners.
+const (
+	DefaultAPIPort  = 7700
+	DefaultRaftPort = 7701
+	DefaultHTTPPort = 7702
+)
+
+// Config configures one server.
+type Config struct {
+	// NodeID names this server in the cluster; it is part of the server's
+	// SPIFFE ID and must be a DNS label.
+	NodeID string
+	// Cluster is the cluster name; TrustDomain its SPIFFE trust domain
+	// (default "<cluster>.mesh").
+	Cluster     string
+	TrustDomain string
+	// DataDir holds the Raft log, snapshots, the server's key and
+	// certificate, and (on the bootstrap server) admin.token, ca.pem and env.
+	DataDir string
+	// APIAddr, RaftAddr and HTTPAddr are host:port to listen on; they are also
+	// advertised to the other servers, so they must be reachable addresses.
+	APIAddr  string
+	RaftAddr string
+	HTTPAddr string
+
+	// Bootstrap starts a new cluster with this server as its only voter.
+	// Ignored when DataDir already holds Raft state.
+	Bootstrap bool
+	// JoinAddrs are API addresses of existing servers; JoinToken a
+	// server-join token; CAFile the cluster's CA bundle used to verify them.
+	// Only needed for the first start of a server that is not bootstrapping.
+	JoinAddrs []string
+	JoinToken string
+	CAFile    string
+
+	// Dev marks a development server; it changes nothing in behaviour but is
+	// reported in logs and status.
+	Dev bool
+
+	// Logger receives structured logs; nil logs nothing.
+	Logger *slog.Logger
+	// Out receives the "export MESHFED_..." lines after bootstrap; nil discards.
+	Out io.Writer
+
+	// Raft timing; zero values take defaults tuned for a LAN.
+	HeartbeatTimeout   time.Duration
+	ElectionTimeout    time.Duration
+	LeaderLeaseTimeout time.Duration
+	// DeadServerCleanup is how long a server must be unreachable before
+	// autopilot removes it from the voters (default 1m; negative disables).
+	DeadServerCleanup time.Duration
+}
+
+// Validate checks a Config before anything starts.
+func (c *Config) Validate() error {
+	if c.NodeID == "" {
+		return errors.New("--node-id is required")
+	}
+	if c.Cluster == "" {
+		return errors.New("--cluster is required")
+	}
+	if c.TrustDomain == "" {
+		c.TrustDomain = c.Cluster + ".mesh"
+	}
+	if _, err := spiffeid.TrustDomainFromString(c.TrustDomain); err != nil {
+		return fmt.Errorf("--trust-domain %q: %w", c.TrustDomain, err)
+	}
+	if c.DataDir == "" {
+		return errors.New("--data-dir is required")
+	}
+	for flag, addr := range map[string]string{"--api-addr": c.APIAddr, "--raft-addr": c.RaftAddr, "--http-addr": c.HTTPAddr} {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return fmt.Errorf("%s %q: %w", flag, addr, err)
+		}
+	}
+	if c.Bootstrap && len(c.JoinAddrs) > 0 {
+		return errors.New("--bootstrap and --join are mutually exclusive")
+	}
+	return nil
+}

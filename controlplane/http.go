@@ -1,0 +1,73 @@
+package controlplane
+
+import (
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	meshfedv1 "github.com/meshfed/meshfed/api/meshfed/v1"
+	"github.com/meshfed/meshfed/internal/tlsutil"
+)
+
+// startHTTP serves /healthz, /readyz and /metrics over TLS on the HTTP
+// address. They carry no secrets and need no token, so probes and
+// Prometheus can reach them with only the cluster's CA bundle.
+func (s *Server) startHTTP() error {
+	ln, err := net.Listen("tcp", s.cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("listening for HTTP on %s: %w", s.cfg.HTTPAddr, err)
+	}
+	s.httpLn = ln
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "node": s.cfg.NodeID})
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		ready, why := s.readiness()
+		code := http.StatusOK
+		if !ready {
+			code = http.StatusServiceUnavailable
+		}
+		writeJSON(w, code, map[string]any{"ready": ready, "reason": why, "node": s.cfg.NodeID, "state": s.raft.State().String()})
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
+	tc := tlsutil.APIServer(s.tls)
+	tc.ClientAuth = tls.NoClientCert
+	tc.VerifyPeerCertificate = nil
+	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := s.http.Serve(tls.NewListener(ln, tc)); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Error("HTTP server stopped", "error", err)
+		}
+	}()
+	return nil
+}
+
+// readiness: a server is ready when it knows a leader and has applied the
+// cluster's identity record, i.e. it can serve reads and forward writes.
+func (s *Server) readiness() (bool, string) {
+	if addr, _ := s.raft.LeaderWithID(); addr == "" {
+		return false, "no leader"
+	}
+	_, rec, err := s.store().Get(nil, meshfedv1.ResourceKind_RESOURCE_KIND_CLUSTER, "", clusterRecordName)
+	if err != nil || rec == nil {
+		return false, "cluster state not replicated yet"
+	}
+	_, own, err := s.store().Get(nil, meshfedv1.ResourceKind_RESOURCE_KIND_SERVER, "", s.cfg.NodeID)
+	if err != nil || own == nil {
+		return false, "server not registered yet"
+	}
+	return true, ""
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}

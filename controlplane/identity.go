@@ -1,0 +1,300 @@
+package controlplane
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/x509"
+		"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-memdb"
+
+	meshfedv1 "github.com/meshfed/meshfed/api/meshfed/v1"
+	"github.com/meshfed/meshfed/ca"
+	"github.com/meshfed/meshfed/controlplane/state"
+	mfid "github.com/meshfed/meshfed/internal/spiffeid"
+	"github.com/meshfed/meshfed/internal/tlsutil"
+)
+
+// Files in the data dir that hold this server's identity.
+const (
+	fileServerKey  = "server.key"
+	fileServerCert = "server.crt"
+	fileCABundle   = "ca.pem"
+)
+
+// serverIdentity keeps this server's certificate and trusted roots current.
+//
+// Trust is the union of the replicated bundle and the roots this server's
+// current and previous certificates chain to. The extra roots matter after a
+// snapshot restore replaces the CA: servers keep presenting certificates of
+// the old CA until they re-sign, and a follower must still accept the leader
+// that brings it the restored state.
+type serverIdentity struct {
+	s *Server
+
+	mu        sync.Mutex
+	key       crypto.Signer
+	chain     []*x509.Certificate
+	ownRoots  []*x509.Certificate
+	prevRoots []*x509.Certificate
+	// foreignSince is when the replicated bundle stopped containing a root
+	// our certificate chains to.
+	foreignSince time.Time
+	lastBundle   []byte
+}
+
+func newServerIdentity(s *Server) *serverIdentity { return &serverIdentity{s: s} }
+
+// sans are the names the server's certificate carries besides its SPIFFE ID,
+// so that standard TLS clients (grpcurl, curl) can verify it by address.
+func (id *serverIdentity) sans() ([]string, []net.IP) {
+	dns := []string{"localhost"}
+	var ips []net.IP
+	seen := map[string]bool{}
+	for _, a := range []string{id.s.cfg.APIAddr, id.s.cfg.HTTPAddr, id.s.cfg.RaftAddr} {
+		host, _, err := net.SplitHostPort(a)
+		if err != nil || host == "" || seen[host] {
+			continue
+		}
+		seen[host] = true
+		if ip := net.ParseIP(host); ip != nil {
+			if !ip.IsUnspecified() {
+				ips = append(ips, ip)
+			}
+		} else if host != "localhost" {
+			dns = append(dns, host)
+		}
+	}
+	return dns, ips
+}
+
+// load reads the key, certificate and bundle written by an earlier run.
+func (id *serverIdentity) load() error {
+	keyPEM, err := os.ReadFile(id.s.path(fileServerKey))
+	if err != nil {
+		return err
+	}
+	key, err := ca.ParsePrivateKey(keyPEM)
+	if err != nil {
+		return fmt.Errorf("%s: %w", fileServerKey, err)
+	}
+	chain, err := tlsutil.LoadCertificatesFile(id.s.path(fileServerCert))
+	if err != nil {
+		return err
+	}
+	roots, err := tlsutil.LoadCertificatesFile(id.s.path(fileCABundle))
+	if err != nil {
+		return err
+	}
+	return id.install(chain, key, roots, false)
+}
+
+// install makes chain the server's certificate and roots the trusted roots
+// it verifies against; persist writes both to the data dir.
+func (id *serverIdentity) install(chain []*x509.Certificate, key crypto.Signer, roots []*x509.Certificate, persist bool) error {
+	own := chainRoots(chain, roots)
+	if len(own) == 0 {
+		return errors.New("server certificate does not chain to any trusted root")
+	}
+	if err := id.s.tls.SetCertificate(chain, key); err != nil {
+		return err
+	}
+	id.mu.Lock()
+	if id.chain != nil && !sameCerts(id.ownRoots, own) {
+		id.prevRoots = id.ownRoots
+	}
+	id.key, id.chain, id.ownRoots = key, chain, own
+	id.foreignSince = time.Time{}
+	id.mu.Unlock()
+	if persist {
+		keyPEM, err := ca.MarshalPrivateKey(key)
+		if err != nil {
+			return err
+		}
+		if err := writeFileAtomic(id.s.path(fileServerKey), keyPEM, 0o600); err != nil {
+			return err
+		}
+		if err := writeFileAtomic(id.s.path(fileServerCert), tlsutil.EncodeCertificatesPEM(chain), 0o644); err != nil {
+			return err
+		}
+	}
+	return id.setTrust(roots)
+}
+
+// setTrust installs bundle plus this server's own roots as the trusted set,
+// and rewrites ca.pem when it changed.
+func (id *serverIdentity) setTrust(bundle []*x509.Certificate) error {
+	id.mu.Lock()
+	all := unionCerts(bundle, id.ownRoots, id.prevRoots)
+	id.mu.Unlock()
+	id.s.tls.SetRoots(all)
+	data := tlsutil.EncodeCertificatesPEM(all)
+	id.mu.Lock()
+	changed := !bytes.Equal(data, id.lastBundle)
+	id.lastBundle = data
+	id.mu.Unlock()
+	if changed {
+		return writeFileAtomic(id.s.path(fileCABundle), data, 0o644)
+	}
+	return nil
+}
+
+// signLocally issues this server a fresh certificate from the replicated CA
+// (every server holds the CA keys) with a new key.
+func (id *serverIdentity) signLocally() error {
+	sid, err := mfid.Server(id.s.td, id.s.cfg.NodeID)
+	if err != nil {
+		return err
+	}
+	dns, ips := id.sans()
+	csr, key, err := ca.NewServerCSR(sid, dns, ips)
+	if err != nil {
+		return err
+	}
+	chain, err := id.s.ca.Sign(ca.SignParams{CSR: csr, ID: sid, DNSNames: dns, IPs: ips, TTL: ca.DefaultServerCertTTL})
+	if err != nil {
+		return err
+	}
+	if err := id.install(chain, key, id.s.ca.Bundle(), true); err != nil {
+		return err
+	}
+	id.s.log.Info("issued server certificate", "not_after", chain[0].NotAfter, "authority", id.s.ca.ActiveID())
+	return nil
+}
+
+// maintain follows the replicated authorities: it keeps the CA signer and
+// the trusted roots current and renews this server's certificate at half
+// life, or when its root has left the bundle for a while (after a restore).
+func (id *serverIdentity) maintain(ctx context.Context) {
+	for {
+		ws := memdb.NewWatchSet()
+		store := id.s.store()
+		ws.Add(store.AbandonCh())
+		_, items, _, err := store.List(ws, listAll(meshfedv1.ResourceKind_RESOURCE_KIND_AUTHORITY))
+		if err != nil {
+			id.s.log.Error("reading authorities", "error", err)
+		} else if len(items) > 0 {
+			id.sync(items)
+		}
+		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		_ = ws.WatchCtx(wctx)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+	}
+}
+
+func (id *serverIdentity) sync(items []state.Resource) {
+	auths := make([]*meshfedv1.StoredAuthority, 0, len(items))
+	for _, it := range items {
+		auths = append(auths, it.(*meshfedv1.StoredAuthority))
+	}
+	if err := id.s.ca.SetAuthorities(auths); err != nil {
+		id.s.log.Error("loading authorities", "error", err)
+		return
+	}
+	bundle := id.s.ca.Bundle()
+	if err := id.setTrust(bundle); err != nil {
+		id.s.log.Error("updating trust bundle", "error", err)
+	}
+	id.mu.Lock()
+	chain := id.chain
+	inBundle := len(chainRoots(chain, bundle)) > 0
+	if inBundle {
+		id.foreignSince = time.Time{}
+	} else if id.foreignSince.IsZero() {
+		id.foreignSince = time.Now()
+	}
+	foreignFor := time.Since(id.foreignSince)
+	foreign := !inBundle
+	id.mu.Unlock()
+
+	renew := false
+	if len(chain) > 0 {
+		leaf := chain[0]
+		half := leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2)
+		renew = time.Now().After(half)
+	}
+	if foreign && foreignFor > foreignRootGrace {
+		renew = true
+	}
+	if renew {
+		if err := id.signLocally(); err != nil {
+			id.s.log.Error("renewing server certificate", "error", err)
+		}
+	}
+}
+
+// foreignRootGrace is how long a server keeps a certificate whose root left
+// the bundle, so that every server has applied the change before any stops
+// presenting the old chain.
+const foreignRootGrace = 20 * time.Second
+
+// chainRoots returns the roots among roots that chain verifies against.
+func chainRoots(chain []*x509.Certificate, roots []*x509.Certificate) []*x509.Certificate {
+	if len(chain) == 0 {
+		return nil
+	}
+	inter := x509.NewCertPool()
+	for _, c := range chain[1:] {
+		inter.AddCert(c)
+	}
+	var out []*x509.Certificate
+	for _, r := range roots {
+		pool := x509.NewCertPool()
+		pool.AddCert(r)
+		if _, err := chain[0].Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err == nil {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+func unionCerts(sets ...[]*x509.Certificate) []*x509.Certificate {
+	var out []*x509.Certificate
+	seen := map[string]bool{}
+	for _, set := range sets {
+		for _, c := range set {
+			if k := string(c.Raw); !seen[k] {
+				seen[k] = true
+				out = append(out, c)
+			}
+		}
+	}
+	return out
+}
+
+func sameCerts(a, b []*x509.Certificate) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if !a[i].Equal(b[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// writeFileAtomic writes data to path through a temporary file and rename,
+// so a crash never leaves a half-written key or bundle.
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, mode); err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	if err := os.Chmod(tmp, mode); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	return nil
+}

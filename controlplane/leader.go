@@ -1,0 +1,184 @@
+package controlplane
+
+import (
+	"context"
+	"errors"
+	"os"
+	"time"
+
+	"github.com/hashicorp/go-memdb"
+	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/proto"
+
+	meshfedv1 "github.com/meshfed/meshfed/api/meshfed/v1"
+	"github.com/meshfed/meshfed/controlplane/fsm"
+	"github.com/meshfed/meshfed/controlplane/state"
+)
+
+// leaderLoop runs the leader's housekeeping while this server leads.
+func (s *Server) leaderLoop(ctx context.Context) {
+	var stop context.CancelFunc
+	done := make(chan struct{})
+	close(done)
+	check := time.NewTicker(time.Second)
+	defer check.Stop()
+	for {
+		leading := s.isLeader()
+		switch {
+		case leading && stop == nil:
+			lctx, cancel := context.WithCancel(ctx)
+			stop = cancel
+			done = make(chan struct{})
+			go func(done chan struct{}) {
+				defer close(done)
+				s.lead(lctx)
+			}(done)
+		case !leading && stop != nil:
+			stop()
+			<-done
+			stop = nil
+		}
+		select {
+		case <-ctx.Done():
+			if stop != nil {
+				stop()
+				<-done
+			}
+			return
+		case <-s.raft.LeaderCh():
+		case <-check.C:
+		}
+	}
+}
+
+// lead establishes leadership and then reconciles membership until ctx ends.
+func (s *Server) lead(ctx context.Context) {
+	s.log.Info("acquired leadership")
+	defer s.log.Info("leadership lost or stepping down")
+	// The barrier makes the FSM current before we read it to decide anything.
+	for {
+		if err := s.raft.Barrier(time.Minute).Error(); err == nil {
+			break
+		} else if ctx.Err() != nil {
+			return
+		} else {
+			s.log.Warn("leader barrier failed", "error", err)
+		}
+	}
+	if err := s.applyBootstrap(ctx); err != nil {
+		s.log.Error("applying bootstrap records", "error", err)
+	}
+	if err := s.ensureServerRecord(ctx, s.cfg.NodeID, s.cfg.APIAddr, s.cfg.RaftAddr, s.cfg.HTTPAddr); err != nil {
+		s.log.Error("registering leader", "error", err)
+	}
+	s.startAutopilot(ctx)
+	defer s.stopAutopilot()
+
+	for {
+		ws := memdb.NewWatchSet()
+		st := s.store()
+		ws.Add(st.AbandonCh())
+		_, records, _, err := st.List(ws, listAll(meshfedv1.ResourceKind_RESOURCE_KIND_SERVER))
+		if err == nil {
+			s.reconcileMembers(ctx, records)
+		}
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		_ = ws.WatchCtx(wctx)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+	}
+}
+
+// applyBootstrap writes the pending bootstrap records through Raft.
+func (s *Server) applyBootstrap(ctx context.Context) error {
+	recs, err := s.readBootstrapRecords()
+	if err != nil || recs == nil {
+		return err
+	}
+	for _, r := range recs {
+		msg, err := state.NewMessage(r.Kind)
+		if err != nil {
+			return err
+		}
+		if err := proto.Unmarshal(r.Payload, msg); err != nil {
+			return err
+		}
+		m := msg.GetMeta()
+		_, err = s.applyWrite(ctx, fsm.UpsertResourceType, &meshfedv1.ResourceWrite{
+			Kind: r.Kind, Payload: r.Payload, Namespace: m.GetNamespace(), Name: m.GetName(), MustNotExist: true,
+		})
+		if err != nil && !errors.Is(err, state.ErrAlreadyExists) {
+			return err
+		}
+	}
+	if err := os.Remove(s.path(fileBootstrap)); err != nil {
+		return err
+	}
+	s.log.Info("cluster bootstrapped", "cluster", s.cfg.Cluster, "trust_domain", s.cfg.TrustDomain)
+	s.printEnv()
+	return nil
+}
+
+// ensureServerRecord registers a server's addresses unless they are current.
+func (s *Server) ensureServerRecord(ctx context.Context, node, api, raftAddr, httpAddr string) error {
+	want := &meshfedv1.ServerRecord{Meta: &meshfedv1.Meta{Name: node}, ApiAddr: api, RaftAddr: raftAddr, HttpAddr: httpAddr}
+	_, cur, err := s.store().Get(nil, meshfedv1.ResourceKind_RESOURCE_KIND_SERVER, "", node)
+	if err != nil {
+		return err
+	}
+	if c, ok := cur.(*meshfedv1.ServerRecord); ok && c.ApiAddr == api && c.RaftAddr == raftAddr && c.HttpAddr == httpAddr {
+		return nil
+	}
+	payload, err := proto.Marshal(want)
+	if err != nil {
+		return err
+	}
+	_, err = s.applyWrite(ctx, fsm.UpsertResourceType, &meshfedv1.ResourceWrite{
+		Kind: meshfedv1.ResourceKind_RESOURCE_KIND_SERVER, Payload: payload, Name: node,
+	})
+	return err
+}
+
+// joinGrace is how long a joined server's record is kept while its voter is
+// being added, before the reconciler treats the record as stale.
+const joinGrace = 2 * time.Minute
+
+// reconcileMembers deletes server records of servers that are no longer in
+// the Raft configuration (removed by autopilot or an operator).
+func (s *Server) reconcileMembers(ctx context.Context, records []state.Resource) {
+	f := s.raft.GetConfiguration()
+	if f.Error() != nil {
+		return
+	}
+	inRaft := map[raft.ServerID]bool{}
+	for _, srv := range f.Configuration().Servers {
+		inRaft[srv.ID] = true
+	}
+	for _, r := range records {
+		rec := r.(*meshfedv1.ServerRecord)
+		node := rec.GetMeta().GetName()
+		if inRaft[raft.ServerID(node)] || s.recentlyJoined(node) {
+			continue
+		}
+		s.log.Info("removing record of server no longer in the raft configuration", "server", node)
+		_, err := s.applyWrite(ctx, fsm.DeleteResourceType, &meshfedv1.ResourceWrite{
+			Kind: meshfedv1.ResourceKind_RESOURCE_KIND_SERVER, Name: node, ExpectedVersion: rec.GetMeta().GetVersion(),
+		})
+		if err != nil && !errors.Is(err, state.ErrVersionMismatch) && !errors.Is(err, state.ErrNotFound) {
+			s.log.Warn("removing server record", "server", node, "error", err)
+		}
+	}
+}
+
+func (s *Server) recentlyJoined(node string) bool {
+	s.joinMu.Lock()
+	defer s.joinMu.Unlock()
+	t, ok := s.joinedNodes[node]
+	return ok && time.Since(t) < joinGrace
+}
+
+func listAll(kind meshfedv1.ResourceKind) state.ListParams {
+	return state.ListParams{Kind: kind}
+}

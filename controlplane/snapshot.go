@@ -1,0 +1,215 @@
+package controlplane
+
+import (
+	"bufio"
+	"compress/gzip"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	meshfedv1 "github.com/meshfed/meshfed/api/meshfed/v1"
+	"github.com/meshfed/meshfed/controlplane/state"
+)
+
+// A snapshot file is gzip of one JSON header line followed by the state
+// store's own snapshot stream. The header lets restore refuse a snapshot of
+// another cluster before touching anything.
+type snapshotHeader struct {
+	Format      int       `json:"format"`
+	Cluster     string    `json:"cluster"`
+	TrustDomain string    `json:"trust_domain"`
+	Index       uint64    `json:"index"`
+	Term        uint64    `json:"term"`
+	Created     time.Time `json:"created"`
+}
+
+const (
+	snapshotFormat    = 1
+	snapshotChunkSize = 1 << 20
+	// maxSnapshotSize bounds what a restore accepts (compressed).
+	maxSnapshotSize = 4 << 30
+)
+
+// chunkWriter turns writes into SnapshotChunk messages.
+type chunkWriter struct {
+	send func(*meshfedv1.SnapshotChunk) error
+}
+
+func (c chunkWriter) Write(p []byte) (int, error) {
+	for off := 0; off < len(p); off += snapshotChunkSize {
+		end := min(off+snapshotChunkSize, len(p))
+		if err := c.send(&meshfedv1.SnapshotChunk{Data: append([]byte(nil), p[off:end]...)}); err != nil {
+			return off, err
+		}
+	}
+	return len(p), nil
+}
+
+// SaveSnapshot streams a point-in-time copy of the leader's state.
+func (a *apiServer) SaveSnapshot(req *meshfedv1.SaveSnapshotRequest, stream meshfedv1.ClusterService_SaveSnapshotServer) error {
+	s := a.s
+	ctx := stream.Context()
+	if !s.isLeader() && !isForwarded(ctx) {
+		conn, err := s.fwd.leaderConn(ctx)
+		if err != nil {
+			return err
+		}
+		up, err := meshfedv1.NewClusterServiceClient(conn).SaveSnapshot(outgoing(ctx), req)
+		if err != nil {
+			return err
+		}
+		for {
+			c, err := up.Recv()
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			if err := stream.Send(c); err != nil {
+				return err
+			}
+		}
+	}
+	if err := s.consistentRead(ctx); err != nil {
+		return err
+	}
+	st := s.store()
+	snap := st.Snapshot()
+	defer snap.Release()
+	bw := bufio.NewWriterSize(chunkWriter{send: stream.Send}, snapshotChunkSize)
+	zw := gzip.NewWriter(bw)
+	hdr := snapshotHeader{Format: snapshotFormat, Cluster: s.cfg.Cluster, TrustDomain: s.cfg.TrustDomain,
+		Index: st.LatestIndex(), Term: s.raft.CurrentTerm(), Created: time.Now().UTC()}
+	if err := json.NewEncoder(zw).Encode(hdr); err != nil {
+		return toStatus(err)
+	}
+	if err := snap.Persist(zw); err != nil {
+		return toStatus(fmt.Errorf("writing snapshot: %w", err))
+	}
+	if err := zw.Close(); err != nil {
+		return toStatus(err)
+	}
+	if err := bw.Flush(); err != nil {
+		return toStatus(err)
+	}
+	s.log.Info("snapshot saved", "index", hdr.Index)
+	return nil
+}
+
+// RestoreSnapshot replaces all state with a saved snapshot, through Raft so
+// that every server installs it. The upload is spooled to a file first, so a
+// broken upload changes nothing.
+func (a *apiServer) RestoreSnapshot(stream meshfedv1.ClusterService_RestoreSnapshotServer) error {
+	s := a.s
+	ctx := stream.Context()
+	if !s.isLeader() && !isForwarded(ctx) {
+		conn, err := s.fwd.leaderConn(ctx)
+		if err != nil {
+			return err
+		}
+		up, err := meshfedv1.NewClusterServiceClient(conn).RestoreSnapshot(outgoing(ctx))
+		if err != nil {
+			return err
+		}
+		for {
+			c, err := stream.Recv()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				return err
+			}
+			if err := up.Send(c); err != nil {
+				return err
+			}
+		}
+		resp, err := up.CloseAndRecv()
+		if err != nil {
+			return err
+		}
+		return stream.SendAndClose(resp)
+	}
+
+	f, err := os.CreateTemp(s.cfg.DataDir, "restore-*.snap")
+	if err != nil {
+		return toStatus(err)
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	var size int64
+	for {
+		c, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		size += int64(len(c.Data))
+		if size > maxSnapshotSize {
+			return status.Errorf(codes.InvalidArgument, "snapshot larger than %d bytes", maxSnapshotSize)
+		}
+		if _, err := f.Write(c.Data); err != nil {
+			return toStatus(err)
+		}
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return toStatus(err)
+	}
+	zr, err := gzip.NewReader(f)
+	if err != nil {
+		return status.Errorf(codes.InvalidArgument, "not a meshfed snapshot: %v", err)
+	}
+	br := bufio.NewReader(zr)
+	line, err := br.ReadBytes('\n')
+	if err != nil {
+		return status.Errorf(codes.InvalidArgument, "not a meshfed snapshot: %v", err)
+	}
+	var hdr snapshotHeader
+	if err := json.Unmarshal(line, &hdr); err != nil || hdr.Format != snapshotFormat {
+		return status.Error(codes.InvalidArgument, "not a meshfed snapshot (bad header)")
+	}
+	if hdr.Cluster != s.cfg.Cluster || hdr.TrustDomain != s.cfg.TrustDomain {
+		return status.Errorf(codes.FailedPrecondition, "snapshot is of cluster %q (trust domain %q); this is %q (%q)",
+			hdr.Cluster, hdr.TrustDomain, s.cfg.Cluster, s.cfg.TrustDomain)
+	}
+	// Validate the whole payload before Raft sees it: a truncated or
+	// corrupt file must fail here, not half way through an install.
+	if err := verifySnapshotPayload(br); err != nil {
+		return status.Errorf(codes.InvalidArgument, "corrupt snapshot: %v", err)
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return toStatus(err)
+	}
+	zr, err = gzip.NewReader(f)
+	if err != nil {
+		return toStatus(err)
+	}
+	br = bufio.NewReader(zr)
+	if _, err := br.ReadBytes('\n'); err != nil {
+		return toStatus(err)
+	}
+	meta := &raft.SnapshotMeta{Version: raft.SnapshotVersionMax, Index: hdr.Index, Term: hdr.Term, Size: size}
+	if err := s.raft.Restore(meta, br, time.Minute); err != nil {
+		return toStatus(fmt.Errorf("restoring snapshot: %w", err))
+	}
+	s.log.Info("snapshot restored", "snapshot_index", hdr.Index, "index", s.raft.LastIndex())
+	return stream.SendAndClose(&meshfedv1.RestoreSnapshotResponse{Index: s.raft.LastIndex()})
+}
+
+// verifySnapshotPayload decodes a store snapshot into a scratch store.
+func verifySnapshotPayload(r io.Reader) error {
+	scratch, err := state.NewStore()
+	if err != nil {
+		return err
+	}
+	return scratch.Restore(r)
+}
