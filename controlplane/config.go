@@ -1,6 +1,7 @@
 package controlplane
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -36,6 +37,11 @@ type Config struct {
 	RaftAddr string
 	HTTPAddr string
 
+	// RaftAdvertiseAddr is the Raft address other servers dial, when it
+	// differs from RaftAddr (a NAT or a proxy in front of this server).
+	// Default: RaftAddr.
+	RaftAdvertiseAddr string
+
 	// Bootstrap starts a new cluster with this server as its only voter.
 	// Ignored when DataDir already holds Raft state.
 	Bootstrap bool
@@ -55,6 +61,10 @@ type Config struct {
 	// Out receives the "export MESHFED_..." lines after bootstrap; nil discards.
 	Out io.Writer
 
+	// dial, when set, makes every outgoing connection to another server
+	// (Raft, forwarding, stats); tests use it to cut a server off.
+	dial func(ctx context.Context, addr string) (net.Conn, error)
+
 	// Raft timing; zero values take defaults tuned for a LAN.
 	HeartbeatTimeout   time.Duration
 	ElectionTimeout    time.Duration
@@ -68,6 +78,9 @@ type Config struct {
 func (c *Config) Validate() error {
 	if c.NodeID == "" {
 		return errors.New("--node-id is required")
+	}
+	if err := checkDNSLabel(c.NodeID); err != nil {
+		return fmt.Errorf("--node-id: %w", err)
 	}
 	if c.Cluster == "" {
 		return errors.New("--cluster is required")
@@ -85,6 +98,9 @@ func (c *Config) Validate() error {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			return fmt.Errorf("%s %q: %w", flag, addr, err)
 		}
+	}
+	if c.RaftAdvertiseAddr == "" {
+		c.RaftAdvertiseAddr = c.RaftAddr
 	}
 	if c.Bootstrap && len(c.JoinAddrs) > 0 {
 		return errors.New("--bootstrap and --join are mutually exclusive")

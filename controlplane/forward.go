@@ -42,6 +42,7 @@ func (f *forwarder) conn(addr string) (*grpc.ClientConn, error) {
 	c, err := grpc.NewClient(addr,
 		grpc.WithTransportCredentials(credentials.NewTLS(tlsutil.PeerMTLSClient(f.s.tls, f.s.td))),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(client.MaxMessageSize), grpc.MaxCallSendMsgSize(client.MaxMessageSize)),
+		grpc.WithContextDialer(f.s.dial),
 	)
 	if err != nil {
 		return nil, err

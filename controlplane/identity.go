@@ -5,7 +5,7 @@ import (
 	"context"
 	"crypto"
 	"crypto/x509"
-		"errors"
+	"errors"
 	"fmt"
 	"net"
 	"os"

@@ -71,7 +71,7 @@ func (s *Server) joinWithToken(ctx context.Context) error {
 
 func (s *Server) joinRequest(csr []byte) *meshfedv1.JoinRequest {
 	return &meshfedv1.JoinRequest{
-		NodeId: s.cfg.NodeID, ApiAddr: s.cfg.APIAddr, RaftAddr: s.cfg.RaftAddr, HttpAddr: s.cfg.HTTPAddr, Csr: csr,
+		NodeId: s.cfg.NodeID, ApiAddr: s.cfg.APIAddr, RaftAddr: s.cfg.RaftAdvertiseAddr, HttpAddr: s.cfg.HTTPAddr, Csr: csr,
 	}
 }
 
@@ -146,7 +146,7 @@ func (s *Server) ownRecordCurrent() bool {
 		return false
 	}
 	c, ok := cur.(*meshfedv1.ServerRecord)
-	return ok && c.ApiAddr == s.cfg.APIAddr && c.RaftAddr == s.cfg.RaftAddr && c.HttpAddr == s.cfg.HTTPAddr
+	return ok && c.ApiAddr == s.cfg.APIAddr && c.RaftAddr == s.cfg.RaftAdvertiseAddr && c.HttpAddr == s.cfg.HTTPAddr
 }
 
 func (s *Server) rejoinWithCertificate(ctx context.Context) {
@@ -224,7 +224,7 @@ func (s *Server) Join(ctx context.Context, req *meshfedv1.JoinRequest) (*meshfed
 	if err := s.ensureServerRecord(ctx, req.NodeId, req.ApiAddr, req.RaftAddr, req.HttpAddr); err != nil {
 		return nil, toStatus(err)
 	}
-	s.goRun(context.Background(), func(context.Context) { s.addVoter(req.NodeId, req.RaftAddr) })
+	s.goRun(s.ctx, func(ctx context.Context) { s.addVoter(ctx, req.NodeId, req.RaftAddr) })
 	s.log.Info("server joining", "server", req.NodeId, "raft", req.RaftAddr, "by_certificate", caller.serverID != "")
 	return &meshfedv1.JoinResponse{
 		Cluster:             s.cfg.Cluster,
@@ -237,7 +237,7 @@ func (s *Server) Join(ctx context.Context, req *meshfedv1.JoinRequest) (*meshfed
 // addVoter adds a joining server to the Raft configuration, replacing an
 // older entry of the same node ID with another address. The new server
 // starts Raft only after Join returns, so this runs in the background.
-func (s *Server) addVoter(node, addr string) {
+func (s *Server) addVoter(ctx context.Context, node, addr string) {
 	deadline := time.Now().Add(joinGrace)
 	for time.Now().Before(deadline) && s.isLeader() {
 		f := s.raft.GetConfiguration()
@@ -257,7 +257,11 @@ func (s *Server) addVoter(node, addr string) {
 			}
 			s.log.Warn("adding voter", "server", node, "error", err)
 		}
-		time.Sleep(time.Second)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
 	}
 }
 

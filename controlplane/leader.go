@@ -57,7 +57,7 @@ func (s *Server) lead(ctx context.Context) {
 	defer s.log.Info("leadership lost or stepping down")
 	// The barrier makes the FSM current before we read it to decide anything.
 	for {
-		if err := s.raft.Barrier(time.Minute).Error(); err == nil {
+		if err := s.raft.Barrier(5 * time.Second).Error(); err == nil {
 			break
 		} else if ctx.Err() != nil {
 			return
@@ -68,7 +68,7 @@ func (s *Server) lead(ctx context.Context) {
 	if err := s.applyBootstrap(ctx); err != nil {
 		s.log.Error("applying bootstrap records", "error", err)
 	}
-	if err := s.ensureServerRecord(ctx, s.cfg.NodeID, s.cfg.APIAddr, s.cfg.RaftAddr, s.cfg.HTTPAddr); err != nil {
+	if err := s.ensureServerRecord(ctx, s.cfg.NodeID, s.cfg.APIAddr, s.cfg.RaftAdvertiseAddr, s.cfg.HTTPAddr); err != nil {
 		s.log.Error("registering leader", "error", err)
 	}
 	s.startAutopilot(ctx)

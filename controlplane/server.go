@@ -59,6 +59,8 @@ type Server struct {
 	joinMu      sync.Mutex
 	joinedNodes map[string]time.Time
 
+	// ctx lives as long as the server runs.
+	ctx   context.Context
 	ready atomic.Bool
 	wg    sync.WaitGroup
 }
@@ -110,6 +112,7 @@ func (s *Server) Run(ctx context.Context) error {
 func (s *Server) path(name string) string { return filepath.Join(s.cfg.DataDir, name) }
 
 func (s *Server) start(ctx context.Context) error {
+	s.ctx = ctx
 	if err := os.MkdirAll(s.path("raft/wal"), 0o700); err != nil {
 		return fmt.Errorf("creating data dir: %w", err)
 	}
@@ -209,7 +212,7 @@ func (s *Server) startRaft(snaps raft.SnapshotStore, bootstrap bool) error {
 	rc.TrailingLogs = 10240
 
 	var err error
-	s.stream, err = newTLSStreamLayer(s.cfg.RaftAddr, tlsutil.PeerMTLSServer(s.tls, s.td), tlsutil.PeerMTLSClient(s.tls, s.td))
+	s.stream, err = newTLSStreamLayer(s.cfg.RaftAddr, s.cfg.RaftAdvertiseAddr, tlsutil.PeerMTLSServer(s.tls, s.td), tlsutil.PeerMTLSClient(s.tls, s.td), s.dial)
 	if err != nil {
 		return err
 	}
@@ -225,7 +228,7 @@ func (s *Server) startRaft(snaps raft.SnapshotStore, bootstrap bool) error {
 	}
 	if bootstrap {
 		f := s.raft.BootstrapCluster(raft.Configuration{Servers: []raft.Server{{
-			Suffrage: raft.Voter, ID: raft.ServerID(s.cfg.NodeID), Address: raft.ServerAddress(s.cfg.RaftAddr),
+			Suffrage: raft.Voter, ID: raft.ServerID(s.cfg.NodeID), Address: raft.ServerAddress(s.cfg.RaftAdvertiseAddr),
 		}}})
 		if err := f.Error(); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
 			return fmt.Errorf("bootstrapping raft: %w", err)
@@ -257,14 +260,16 @@ func (s *Server) shutdown() {
 		_ = s.http.Shutdown(ctx)
 		cancel()
 	}
-	s.wg.Wait()
-	if s.fwd != nil {
-		s.fwd.close()
-	}
+	// Raft stops before waiting for the background loops: a loop blocked in
+	// a Raft call (a barrier without quorum) returns as soon as Raft is down.
 	if s.raft != nil {
 		if err := s.raft.Shutdown().Error(); err != nil {
 			s.log.Warn("raft shutdown", "error", err)
 		}
+	}
+	s.wg.Wait()
+	if s.fwd != nil {
+		s.fwd.close()
 	}
 	if s.trans != nil {
 		_ = s.trans.Close()
@@ -280,3 +285,12 @@ func (s *Server) store() *state.Store { return s.fsm.State() }
 
 // isLeader reports whether this server is the Raft leader.
 func (s *Server) isLeader() bool { return s.raft.State() == raft.Leader }
+
+// dial opens a TCP connection to another server.
+func (s *Server) dial(ctx context.Context, addr string) (net.Conn, error) {
+	if s.cfg.dial != nil {
+		return s.cfg.dial(ctx, addr)
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, "tcp", addr)
+}

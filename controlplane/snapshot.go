@@ -183,7 +183,8 @@ func (a *apiServer) RestoreSnapshot(stream meshfedv1.ClusterService_RestoreSnaps
 	}
 	// Validate the whole payload before Raft sees it: a truncated or
 	// corrupt file must fail here, not half way through an install.
-	if err := verifySnapshotPayload(br); err != nil {
+	counted := &countingReader{r: br}
+	if err := verifySnapshotPayload(counted); err != nil {
 		return status.Errorf(codes.InvalidArgument, "corrupt snapshot: %v", err)
 	}
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
@@ -197,7 +198,9 @@ func (a *apiServer) RestoreSnapshot(stream meshfedv1.ClusterService_RestoreSnaps
 	if _, err := br.ReadBytes('\n'); err != nil {
 		return toStatus(err)
 	}
-	meta := &raft.SnapshotMeta{Version: raft.SnapshotVersionMax, Index: hdr.Index, Term: hdr.Term, Size: size}
+	// Raft checks that the size it is told matches what it stores: the
+	// uncompressed payload.
+	meta := &raft.SnapshotMeta{Version: raft.SnapshotVersionMax, Index: hdr.Index, Term: hdr.Term, Size: counted.n}
 	if err := s.raft.Restore(meta, br, time.Minute); err != nil {
 		return toStatus(fmt.Errorf("restoring snapshot: %w", err))
 	}
@@ -212,4 +215,15 @@ func verifySnapshotPayload(r io.Reader) error {
 		return err
 	}
 	return scratch.Restore(r)
+}
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
 }

@@ -1,6 +1,7 @@
 package controlplane
 
 import (
+	"context"
 	"crypto/tls"
 	"fmt"
 	"net"
@@ -19,6 +20,7 @@ type tlsStreamLayer struct {
 	server    *tls.Config
 	advertise net.Addr
 	client    *tls.Config
+	dial      func(ctx context.Context, addr string) (net.Conn, error)
 	conns     chan net.Conn
 	closed    chan struct{}
 	closeOnce sync.Once
@@ -28,17 +30,17 @@ var _ raft.StreamLayer = (*tlsStreamLayer)(nil)
 
 const raftHandshakeTimeout = 10 * time.Second
 
-func newTLSStreamLayer(addr string, server, client *tls.Config) (*tlsStreamLayer, error) {
+func newTLSStreamLayer(addr, advertise string, server, client *tls.Config, dial func(context.Context, string) (net.Conn, error)) (*tlsStreamLayer, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("listening for raft on %s: %w", addr, err)
 	}
-	adv, err := net.ResolveTCPAddr("tcp", addr)
+	adv, err := net.ResolveTCPAddr("tcp", advertise)
 	if err != nil {
 		ln.Close()
 		return nil, fmt.Errorf("resolving raft address %s: %w", addr, err)
 	}
-	l := &tlsStreamLayer{ln: ln, server: server, advertise: adv, client: client,
+	l := &tlsStreamLayer{ln: ln, server: server, advertise: adv, client: client, dial: dial,
 		conns: make(chan net.Conn), closed: make(chan struct{})}
 	go l.acceptLoop()
 	return l, nil
@@ -94,6 +96,16 @@ func (l *tlsStreamLayer) Addr() net.Addr { return l.advertise }
 
 // Dial implements raft.StreamLayer.
 func (l *tlsStreamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
-	d := &net.Dialer{Timeout: timeout}
-	return tls.DialWithDialer(d, "tcp", string(address), l.client)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	raw, err := l.dial(ctx, string(address))
+	if err != nil {
+		return nil, err
+	}
+	c := tls.Client(raw, l.client)
+	if err := c.HandshakeContext(ctx); err != nil {
+		raw.Close()
+		return nil, err
+	}
+	return c, nil
 }

@@ -26,7 +26,8 @@ type testServer struct {
 	srv    *Server
 	cfg    Config
 	cancel context.CancelFunc
-	done   chan error
+	done   chan struct{} // closed when Run returns
+	err    error         // what Run returned; read after done
 }
 
 func freeAddr(t testing.TB) string {
@@ -58,12 +59,10 @@ func startServer(t testing.TB, cfg Config) *testServer {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	ts := &testServer{srv: srv, cfg: srv.cfg, cancel: cancel, done: make(chan error, 1)}
-	started := make(chan struct{})
+	ts := &testServer{srv: srv, cfg: srv.cfg, cancel: cancel, done: make(chan struct{})}
 	go func() {
-		err := srv.Run(ctx)
-		ts.done <- err
-		close(started)
+		ts.err = srv.Run(ctx)
+		close(ts.done)
 	}()
 	t.Cleanup(ts.stop)
 	return ts
@@ -83,8 +82,8 @@ func waitReady(t testing.TB, ts *testServer, timeout time.Duration) {
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
 		select {
-		case err := <-ts.done:
-			t.Fatalf("server %s exited: %v", ts.cfg.NodeID, err)
+		case <-ts.done:
+			t.Fatalf("server %s exited: %v", ts.cfg.NodeID, ts.err)
 		default:
 		}
 		if pem, err := os.ReadFile(filepath.Join(ts.cfg.DataDir, "ca.pem")); err == nil {
@@ -205,3 +204,10 @@ func (c *testCluster) waitMembers(t testing.TB, n int) {
 }
 
 var _ = tlsutil.ParseCertificatesPEM
+
+func writeFile(t testing.TB, path string, data []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,188 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+type memResult struct {
+	n                     int
+	rssBefore, rssAfter   int64
+	heapBefore, heapAfter int64 // -1 when /metrics is not readable
+	loadTime              time.Duration
+	errors                int
+	firstErr              error
+}
+
+// measureMemory fills one fresh dev server with n workloads and reports how
+// much its resident memory grew. RSS cannot be taken after a forced GC from
+// outside, so each reading is the median of several samples taken once the
+// figure has stopped moving.
+func measureMemory(ctx context.Context, ps *procs, bin, dir string, n int, value []byte) (*memResult, error) {
+	s, err := newMeshfedServer("mem", filepath.Join(dir, "mem"))
+	if err != nil {
+		return nil, err
+	}
+	args := append([]string{"server", "--dev"}, s.addrArgs()...)
+	if s.p, err = ps.start("meshfed dev", filepath.Join(dir, "mem.log"), nil, bin, args...); err != nil {
+		return nil, err
+	}
+	defer ps.stop(s.p)
+	token, caPEM, err := s.waitCredentials(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := upsertBenchService(ctx, s.api, caPEM, token); err != nil {
+		return nil, fmt.Errorf("creating service %q: %w", benchService, err)
+	}
+	r := &memResult{n: n}
+	if r.rssBefore, err = settledRSS(ctx, s.p); err != nil {
+		return nil, err
+	}
+	r.heapBefore = heapInuse(ctx, s.httpAd, caPEM, token)
+
+	targets, err := openMeshfedTargets(s.api, caPEM, token, 8)
+	if err != nil {
+		return nil, err
+	}
+	defer closeTargets(targets)
+	const conc = 64
+	var (
+		next     atomic.Int64
+		errs     atomic.Int64
+		mu       sync.Mutex
+		wg       sync.WaitGroup
+		firstErr error
+	)
+	start := time.Now()
+	for w := range conc {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t := targets[w%len(targets)]
+			for ctx.Err() == nil {
+				i := next.Add(1) - 1
+				if i >= int64(n) {
+					return
+				}
+				wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				err := t.Write(wctx, memKey(int(i)), value)
+				cancel()
+				if err != nil && ctx.Err() == nil {
+					errs.Add(1)
+					mu.Lock()
+					if firstErr == nil {
+						firstErr = err
+					}
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	r.loadTime = time.Since(start)
+	r.errors, r.firstErr = int(errs.Load()), firstErr
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := s.p.exitErr(); err != nil {
+		return nil, err
+	}
+	if r.rssAfter, err = settledRSS(ctx, s.p); err != nil {
+		return nil, err
+	}
+	r.heapAfter = heapInuse(ctx, s.httpAd, caPEM, token)
+	return r, nil
+}
+
+// settledRSS samples every 500 ms until the last five samples lie within 1%
+// of each other (or 30 s pass) and returns their median.
+func settledRSS(ctx context.Context, p *proc) (int64, error) {
+	const window = 5
+	var samples []int64
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if err := p.exitErr(); err != nil {
+			return 0, err
+		}
+		v, err := vmRSS(p.pid())
+		if err != nil {
+			return 0, err
+		}
+		samples = append(samples, v)
+		if len(samples) >= window {
+			last := samples[len(samples)-window:]
+			lo, hi := int64(math.MaxInt64), int64(0)
+			for _, x := range last {
+				lo, hi = min(lo, x), max(hi, x)
+			}
+			if float64(hi-lo) <= 0.01*float64(hi) || time.Now().After(deadline) {
+				return median(last), nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// heapInuse reads go_memstats_heap_inuse_bytes from the server's /metrics,
+// over TLS if the HTTP port speaks it; -1 if the figure is not to be had.
+func heapInuse(ctx context.Context, addr string, caPEM []byte, token string) int64 {
+	cfg, err := meshfedTLS(caPEM)
+	if err != nil {
+		return -1
+	}
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg}}
+	defer hc.CloseIdleConnections()
+	for _, scheme := range []string{"https", "http"} {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, scheme+"://"+addr+"/metrics", nil)
+		if err != nil {
+			return -1
+		}
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := hc.Do(req)
+		if err != nil {
+			continue
+		}
+		v := parseMetric(resp.Body, "go_memstats_heap_inuse_bytes")
+		resp.Body.Close()
+		if v >= 0 {
+			return v
+		}
+	}
+	return -1
+}
+
+func parseMetric(r io.Reader, name string) int64 {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, name+" ") {
+			continue
+		}
+		f, err := strconv.ParseFloat(strings.TrimSpace(strings.TrimPrefix(line, name)), 64)
+		if err != nil {
+			return -1
+		}
+		return int64(f)
+	}
+	return -1
+}
+
+// memKey has the length of the write bench's keys, so that the stored
+// workloads have the same size.
+func memKey(i int) string { return fmt.Sprintf("mem-%06d", i) }

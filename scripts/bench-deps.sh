@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs what `make bench` compares meshfed against: Debian's etcd (server
+# and etcdctl). Safe to run again; does nothing when both are present.
+# The Go client in bench/go.mod (go.etcd.io/etcd/client/v3 v3.5.x) is chosen
+# for the server Debian ships (bookworm: 3.4.23): etcd supports clients one
+# minor version ahead of the server, and 3.5 builds with the gRPC meshfed uses.
+set -euo pipefail
+
+pkgs=(etcd-server etcd-client)
+
+installed() {
+	dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed$'
+}
+
+missing=()
+for p in "${pkgs[@]}"; do
+	installed "$p" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+	exit 0
+fi
+
+sudo=()
+if [ "$(id -u)" -ne 0 ]; then
+	sudo=(sudo)
+fi
+export DEBIAN_FRONTEND=noninteractive
+"${sudo[@]}" apt-get update -q
+"${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
+# The package enables a single-member etcd service; where a service manager
+# starts it, stop it so it does not take CPU from the measured clusters.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then
+	"${sudo[@]}" systemctl disable --now etcd >/dev/null 2>&1 || true
+fi
+etcd --version | head -n 1
