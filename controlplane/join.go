@@ -110,7 +110,7 @@ func (s *Server) acceptJoin(resp *meshfedv1.JoinResponse, key crypto.Signer) err
 // itself without a leader for a while, e.g. after autopilot removed it while
 // it was down, or when its registered addresses are out of date.
 func (s *Server) ensureMembership(ctx context.Context) {
-	t := time.NewTicker(5 * time.Second)
+	t := time.NewTicker(2 * time.Second)
 	defer t.Stop()
 	var leaderless time.Time
 	for {
@@ -132,7 +132,7 @@ func (s *Server) ensureMembership(ctx context.Context) {
 			if leaderless.IsZero() {
 				leaderless = time.Now()
 			}
-			if time.Since(leaderless) < 10*time.Second {
+			if time.Since(leaderless) < 6*time.Second {
 				continue
 			}
 		}

@@ -181,9 +181,7 @@ func (s *Server) start(ctx context.Context) error {
 
 	s.goRun(ctx, s.leaderLoop)
 	s.goRun(ctx, s.id.maintain)
-	if existing {
-		s.goRun(ctx, s.ensureMembership)
-	}
+	s.goRun(ctx, s.ensureMembership)
 	s.log.Info("server started", "cluster", s.cfg.Cluster, "trust_domain", s.cfg.TrustDomain,
 		"api", s.cfg.APIAddr, "raft", s.cfg.RaftAddr, "http", s.cfg.HTTPAddr, "version", Version, "dev", s.cfg.Dev)
 	return nil
@@ -222,7 +220,13 @@ func (s *Server) startRaft(snaps raft.SnapshotStore, bootstrap bool) error {
 		Timeout: 10 * time.Second,
 		Logger:  logging.HCLog(s.log, "raft-net"),
 	})
-	s.raft, err = raft.NewRaft(rc, s.fsm, s.wal, s.wal, snaps, s.trans)
+	// The leader sends each new entry to every follower right after
+	// writing it; caching recent entries saves reading them back from disk.
+	logs, err := raft.NewLogCache(raftLogCacheSize, s.wal)
+	if err != nil {
+		return err
+	}
+	s.raft, err = raft.NewRaft(rc, s.fsm, logs, s.wal, snaps, s.trans)
 	if err != nil {
 		return fmt.Errorf("starting raft: %w", err)
 	}
@@ -236,6 +240,9 @@ func (s *Server) startRaft(snaps raft.SnapshotStore, bootstrap bool) error {
 	}
 	return nil
 }
+
+// raftLogCacheSize is how many recent log entries stay in memory.
+const raftLogCacheSize = 1024
 
 func orDefault(d, def time.Duration) time.Duration {
 	if d > 0 {

@@ -111,9 +111,16 @@ type testCluster struct {
 
 func startTestCluster(t testing.TB, n int) *testCluster {
 	t.Helper()
+	return startTestClusterWith(t, n, func(*Config) {})
+}
+
+// startTestClusterWith starts n servers, letting tune adjust each config.
+func startTestClusterWith(t testing.TB, n int, tune func(*Config)) *testCluster {
+	t.Helper()
 	c := &testCluster{}
 	cfg := testConfig(t, "s1")
 	cfg.Bootstrap = true
+	tune(&cfg)
 	s1 := startServer(t, cfg)
 	waitReady(t, s1, 30*time.Second)
 	c.servers = append(c.servers, s1)
@@ -140,6 +147,7 @@ func startTestCluster(t testing.TB, n int) *testCluster {
 		cfg.JoinAddrs = []string{s1.cfg.APIAddr}
 		cfg.JoinToken = jt.Secret
 		cfg.CAFile = caFile
+		tune(&cfg)
 		ts := startServer(t, cfg)
 		waitReady(t, ts, 30*time.Second)
 		c.servers = append(c.servers, ts)
