@@ -4,6 +4,7 @@ package logging
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log"
 	"log/slog"
@@ -16,10 +17,13 @@ func HCLog(l *slog.Logger, name string) hclog.Logger {
 	if l == nil {
 		l = slog.New(slog.DiscardHandler)
 	}
-	return &hcAdapter{l: l.With("component", name), name: name}
+	return &hcAdapter{base: l, l: l.With("component", name), name: name}
 }
 
 type hcAdapter struct {
+	// base is the logger without the component attribute, so that Named
+	// replaces the component instead of adding a second one.
+	base    *slog.Logger
 	l       *slog.Logger
 	name    string
 	implied []interface{}
@@ -43,7 +47,19 @@ func level(l hclog.Level) slog.Level {
 }
 
 func (a *hcAdapter) Log(l hclog.Level, msg string, args ...interface{}) {
-	a.l.Log(context.Background(), level(l), msg, args...)
+	ctx := context.Background()
+	if !a.l.Enabled(ctx, level(l)) {
+		return
+	}
+	// hclog.Fmt values are printf-style pairs; slog would print them raw.
+	for i, v := range args {
+		if f, ok := v.(hclog.Format); ok && len(f) > 0 {
+			if format, ok := f[0].(string); ok {
+				args[i] = fmt.Sprintf(format, f[1:]...)
+			}
+		}
+	}
+	a.l.Log(ctx, level(l), msg, args...)
 }
 func (a *hcAdapter) Trace(msg string, args ...interface{}) { a.Log(hclog.Trace, msg, args...) }
 func (a *hcAdapter) Debug(msg string, args ...interface{}) { a.Log(hclog.Debug, msg, args...) }
@@ -62,7 +78,7 @@ func (a *hcAdapter) IsError() bool { return a.enabled(hclog.Error) }
 
 func (a *hcAdapter) ImpliedArgs() []interface{} { return a.implied }
 func (a *hcAdapter) With(args ...interface{}) hclog.Logger {
-	return &hcAdapter{l: a.l.With(args...), name: a.name, implied: append(append([]interface{}{}, a.implied...), args...)}
+	return &hcAdapter{base: a.base.With(args...), l: a.l.With(args...), name: a.name, implied: append(append([]interface{}{}, a.implied...), args...)}
 }
 func (a *hcAdapter) Name() string { return a.name }
 func (a *hcAdapter) Named(name string) hclog.Logger {
@@ -70,10 +86,10 @@ func (a *hcAdapter) Named(name string) hclog.Logger {
 	if a.name != "" {
 		n = a.name + "." + name
 	}
-	return &hcAdapter{l: a.l.With("component", n), name: n, implied: a.implied}
+	return &hcAdapter{base: a.base, l: a.base.With("component", n), name: n, implied: a.implied}
 }
 func (a *hcAdapter) ResetNamed(name string) hclog.Logger {
-	return &hcAdapter{l: a.l.With("component", name), name: name, implied: a.implied}
+	return &hcAdapter{base: a.base, l: a.base.With("component", name), name: name, implied: a.implied}
 }
 
 // SetLevel is a no-op: the slog handler's level governs.
