@@ -3,7 +3,10 @@ package controlplane
 import (
 	"context"
 
+	"google.golang.org/protobuf/proto"
+
 	meshfedv1 "github.com/meshfed/meshfed/api/meshfed/v1"
+	mfid "github.com/meshfed/meshfed/internal/spiffeid"
 )
 
 const (
@@ -42,7 +45,31 @@ func (a *apiServer) WatchServices(req *meshfedv1.WatchRequest, stream meshfedv1.
 }
 
 func (a *apiServer) CreateWorkload(ctx context.Context, req *meshfedv1.CreateWorkloadRequest) (*meshfedv1.Workload, error) {
-	return writeResource(ctx, a.s, kindWorkload, "workload", req.GetWorkload(), 0, modeCreate)
+	return writeResource(ctx, a.s, kindWorkload, "workload", a.s.withWorkloadIdentity(req.GetWorkload()), 0, modeCreate)
+}
+
+// withWorkloadIdentity fills an empty spiffe_id with the identity of the
+// workload's service: spiffe://<td>/ns/<namespace>/sa/<service account>,
+// where the service account is the service's, or the service's name when
+// the service is not registered (yet).
+func (s *Server) withWorkloadIdentity(w *meshfedv1.Workload) *meshfedv1.Workload {
+	if w == nil || w.SpiffeId != "" || w.Service == "" {
+		return w
+	}
+	ns := namespaceFor(kindWorkload, w.GetMeta().GetNamespace())
+	sa := w.Service
+	if _, r, err := s.store().Get(nil, kindService, ns, w.Service); err == nil && r != nil {
+		if acct := r.(*meshfedv1.Service).ServiceAccount; acct != "" {
+			sa = acct
+		}
+	}
+	id, err := mfid.Workload(s.td, ns, sa)
+	if err != nil {
+		return w // validation reports the bad namespace or service
+	}
+	c := proto.Clone(w).(*meshfedv1.Workload)
+	c.SpiffeId = id.String()
+	return c
 }
 
 func (a *apiServer) GetWorkload(_ context.Context, req *meshfedv1.GetRequest) (*meshfedv1.Workload, error) {
@@ -58,7 +85,7 @@ func (a *apiServer) ListWorkloads(_ context.Context, req *meshfedv1.ListRequest)
 }
 
 func (a *apiServer) UpdateWorkload(ctx context.Context, req *meshfedv1.UpdateWorkloadRequest) (*meshfedv1.Workload, error) {
-	return writeResource(ctx, a.s, kindWorkload, "workload", req.GetWorkload(), req.GetExpectedVersion(), updateMode(req.GetAllowMissing()))
+	return writeResource(ctx, a.s, kindWorkload, "workload", a.s.withWorkloadIdentity(req.GetWorkload()), req.GetExpectedVersion(), updateMode(req.GetAllowMissing()))
 }
 
 func (a *apiServer) DeleteWorkload(ctx context.Context, req *meshfedv1.DeleteRequest) (*meshfedv1.DeleteResponse, error) {

@@ -50,3 +50,28 @@ func TestThreeServersForwardAndCAS(t *testing.T) {
 	}
 	_ = time.Second
 }
+
+func TestWorkloadIdentityDefaultsToItsService(t *testing.T) {
+	c := startTestCluster(t, 1)
+	ctx := context.Background()
+	cl := c.client(t, c.servers[0])
+	s := svc("cart", 80)
+	s.ServiceAccount = "cart-sa"
+	if _, err := cl.Catalog.CreateService(ctx, &meshfedv1.CreateServiceRequest{Service: s}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ service, spiffeID, want string }{
+		{"cart", "", "spiffe://test.mesh/ns/default/sa/cart-sa"},
+		{"unregistered", "", "spiffe://test.mesh/ns/default/sa/unregistered"},
+		{"cart", "spiffe://test.mesh/ns/default/sa/custom", "spiffe://test.mesh/ns/default/sa/custom"},
+	} {
+		w, err := cl.Catalog.UpdateWorkload(ctx, &meshfedv1.UpdateWorkloadRequest{AllowMissing: true, Workload: &meshfedv1.Workload{
+			Meta: &meshfedv1.Meta{Name: tc.service + "-1"}, Service: tc.service, Address: "10.0.0.9", Port: 15443, SpiffeId: tc.spiffeID}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if w.SpiffeId != tc.want {
+			t.Fatalf("%s: spiffe_id %q, want %q", tc.service, w.SpiffeId, tc.want)
+		}
+	}
+}
