@@ -118,23 +118,30 @@ func stripServerMeta(m *meshfedv1.Meta) {
 	m.Version, m.CreateVersion, m.CreateTime, m.UpdateTime, m.Peer = 0, 0, nil, nil, ""
 }
 
-// sameContent reports whether two resources differ only in server fields.
-func sameContent(a, b state.Resource) bool {
-	ac, bc := proto.Clone(a).(state.Resource), proto.Clone(b).(state.Resource)
-	stripServerMeta(ac.GetMeta())
-	stripServerMeta(bc.GetMeta())
-	return proto.Equal(ac, bc)
+// sameContent reports whether candidate, whose server-owned meta fields are
+// clear, differs from stored only in those fields. It borrows stored's values
+// for the comparison instead of cloning either message.
+func sameContent(stored, candidate state.Resource) bool {
+	sm, cm := stored.GetMeta(), candidate.GetMeta()
+	if sm == nil || cm == nil {
+		return false
+	}
+	cm.Version, cm.CreateVersion, cm.CreateTime, cm.UpdateTime, cm.Peer = sm.Version, sm.CreateVersion, sm.CreateTime, sm.UpdateTime, sm.Peer
+	equal := proto.Equal(stored, candidate)
+	stripServerMeta(cm)
+	return equal
 }
 
 // writeResource normalizes, validates and applies a create, update or
 // upsert. A write that would change nothing returns the stored resource
 // without a Raft round trip (so repeated applies do not bump versions).
+// It may modify in, which handlers own (a decoded request).
 func writeResource[T state.Resource](ctx context.Context, s *Server, kind meshfedv1.ResourceKind, field string, in T, expected uint64, mode writeMode) (T, error) {
 	var zero T
 	if !in.ProtoReflect().IsValid() {
 		return zero, status.Errorf(codes.InvalidArgument, "invalid %s: required", field)
 	}
-	r := proto.Clone(in).(T)
+	r := in
 	if r.GetMeta() == nil {
 		return zero, status.Errorf(codes.InvalidArgument, "invalid %s.meta: required", field)
 	}
