@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -106,7 +107,7 @@ func (id *serverIdentity) install(chain []*x509.Certificate, key crypto.Signer, 
 		return err
 	}
 	id.mu.Lock()
-	if id.chain != nil && !sameCerts(id.ownRoots, own) {
+	if id.chain != nil && !slices.EqualFunc(id.ownRoots, own, (*x509.Certificate).Equal) {
 		id.prevRoots = id.ownRoots
 	}
 	id.key, id.chain, id.ownRoots = key, chain, own
@@ -271,17 +272,6 @@ func unionCerts(sets ...[]*x509.Certificate) []*x509.Certificate {
 	return out
 }
 
-func sameCerts(a, b []*x509.Certificate) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if !a[i].Equal(b[i]) {
-			return false
-		}
-	}
-	return true
-}
 
 // writeFileAtomic writes data to path through a temporary file and rename,
 // so a crash never leaves a half-written key or bundle.
