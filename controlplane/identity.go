@@ -272,7 +272,6 @@ func unionCerts(sets ...[]*x509.Certificate) []*x509.Certificate {
 	return out
 }
 
-
 // writeFileAtomic writes data to path through a temporary file and rename,
 // so a crash never leaves a half-written key or bundle.
 func writeFileAtomic(path string, data []byte, mode os.FileMode) error {

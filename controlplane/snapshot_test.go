@@ -6,8 +6,8 @@ import (
 	"errors"
 	"io"
 	"os"
-	"time"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
