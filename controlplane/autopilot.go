@@ -21,12 +21,15 @@ type autopilotDelegate struct {
 
 	mu       sync.Mutex
 	lastSeen map[raft.ServerID]time.Time
+	// last holds each server's last answer, reported again (with a growing
+	// last contact) while the server does not answer, so it turns unhealthy.
+	last map[raft.ServerID]autopilot.ServerStats
 }
 
 var _ autopilot.ApplicationIntegration = (*autopilotDelegate)(nil)
 
 func (s *Server) startAutopilot(ctx context.Context) {
-	d := &autopilotDelegate{s: s, lastSeen: map[raft.ServerID]time.Time{}}
+	d := &autopilotDelegate{s: s, lastSeen: map[raft.ServerID]time.Time{}, last: map[raft.ServerID]autopilot.ServerStats{}}
 	ap := autopilot.New(s.raft, d,
 		autopilot.WithLogger(logging.HCLog(s.log, "autopilot")),
 		autopilot.WithUpdateInterval(time.Second),
@@ -83,19 +86,29 @@ func (d *autopilotDelegate) FetchServerStats(ctx context.Context, servers map[ra
 			cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 			defer cancel()
 			resp, err := d.s.fwd.clusterClient(addr).ServerStats(cctx, &meshfedv1.ServerStatsRequest{})
+			d.mu.Lock()
+			defer d.mu.Unlock()
+			var st autopilot.ServerStats
 			if err != nil {
-				return
+				prev, ok := d.last[id]
+				seen, seenOK := d.lastSeen[id]
+				if !ok || !seenOK {
+					return
+				}
+				st = prev
+				st.LastContact = time.Since(seen)
+			} else {
+				st = autopilot.ServerStats{
+					LastContact: resp.GetLastContact().AsDuration(),
+					LastTerm:    resp.GetLastTerm(),
+					LastIndex:   resp.GetLastIndex(),
+				}
+				d.last[id] = st
+				d.lastSeen[id] = time.Now()
 			}
 			mu.Lock()
-			out[id] = &autopilot.ServerStats{
-				LastContact: resp.GetLastContact().AsDuration(),
-				LastTerm:    resp.GetLastTerm(),
-				LastIndex:   resp.GetLastIndex(),
-			}
+			out[id] = &st
 			mu.Unlock()
-			d.mu.Lock()
-			d.lastSeen[id] = time.Now()
-			d.mu.Unlock()
 		}(id, addr)
 	}
 	wg.Wait()

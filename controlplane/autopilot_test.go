@@ -52,7 +52,10 @@ func TestDeadServerIsRemovedAndRejoinsWithItsCertificate(t *testing.T) {
 	}
 	// The removed server comes back with only its data dir: it rejoins with
 	// its own certificate, no token.
-	back := startServer(t, dead.cfg)
+	// Without --join: it finds the cluster through the peers it remembered.
+	cfg := dead.cfg
+	cfg.JoinAddrs, cfg.JoinToken, cfg.CAFile = nil, "", ""
+	back := startServer(t, cfg)
 	c.servers = replace(c.servers, dead, back)
 	deadline = time.Now().Add(60 * time.Second)
 	for !raftServers(t, c.leader(t))[raft.ServerID(dead.cfg.NodeID)] {

@@ -335,3 +335,47 @@ func TestPartitionedFollowerRefusesWritesAndConsistentReads(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+func TestJoinThroughFollowerAndWrongCluster(t *testing.T) {
+	c := startTestCluster(t, 2)
+	ctx := context.Background()
+	admin := c.client(t, c.leader(t))
+	caFile := t.TempDir() + "/ca.pem"
+	writeFile(t, caFile, c.caPEM)
+	newToken := func() *meshfedv1.Token {
+		jt, err := admin.Tokens.CreateToken(ctx, &meshfedv1.CreateTokenRequest{Kind: meshfedv1.TokenKind_TOKEN_KIND_SERVER_JOIN, MaxUses: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return jt
+	}
+
+	// A server configured for another cluster is refused before it is
+	// added or its token is spent.
+	jt := newToken()
+	cfg := testConfig(t, "s3")
+	cfg.Cluster = "elsewhere"
+	cfg.JoinAddrs, cfg.JoinToken, cfg.CAFile = []string{c.leader(t).cfg.APIAddr}, jt.Secret, caFile
+	srv, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Run(ctx); status.Code(unwrapStatus(err)) != codes.FailedPrecondition {
+		t.Fatalf("join of another cluster: %v", err)
+	}
+	got, err := admin.Tokens.GetToken(ctx, &meshfedv1.GetRequest{Name: jt.Meta.Name})
+	if err != nil || got.Uses != 0 {
+		t.Fatalf("token after refused join: %v %v", got, err)
+	}
+	if n := len(raftServers(t, c.leader(t))); n != 2 {
+		t.Fatalf("%d voters after refused join", n)
+	}
+
+	// Joining through a follower works: it forwards the call to the leader.
+	cfg = testConfig(t, "s3")
+	cfg.JoinAddrs, cfg.JoinToken, cfg.CAFile = []string{c.follower(t).cfg.APIAddr}, jt.Secret, caFile
+	s3 := startServer(t, cfg)
+	waitReady(t, s3, 30*time.Second)
+	c.servers = append(c.servers, s3)
+	c.waitMembers(t, 3)
+}

@@ -1,7 +1,11 @@
 package controlplane
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"os"
+	"slices"
 	"crypto"
 	"errors"
 	"fmt"
@@ -72,6 +76,7 @@ func (s *Server) joinWithToken(ctx context.Context) error {
 func (s *Server) joinRequest(csr []byte) *meshfedv1.JoinRequest {
 	return &meshfedv1.JoinRequest{
 		NodeId: s.cfg.NodeID, ApiAddr: s.cfg.APIAddr, RaftAddr: s.cfg.RaftAdvertiseAddr, HttpAddr: s.cfg.HTTPAddr, Csr: csr,
+		Cluster: s.cfg.Cluster, TrustDomain: s.cfg.TrustDomain,
 	}
 }
 
@@ -119,6 +124,7 @@ func (s *Server) ensureMembership(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		s.rememberPeers()
 		if s.isLeader() {
 			leaderless = time.Time{}
 			continue
@@ -151,15 +157,7 @@ func (s *Server) ownRecordCurrent() bool {
 
 func (s *Server) rejoinWithCertificate(ctx context.Context) {
 	targets := append([]string{}, s.cfg.JoinAddrs...)
-	_, items, _, err := s.store().List(nil, listAll(meshfedv1.ResourceKind_RESOURCE_KIND_SERVER))
-	if err == nil {
-		for _, it := range items {
-			rec := it.(*meshfedv1.ServerRecord)
-			if rec.GetMeta().GetName() != s.cfg.NodeID {
-				targets = append(targets, rec.ApiAddr)
-			}
-		}
-	}
+	targets = append(targets, s.knownPeers()...)
 	req := s.joinRequest(nil)
 	for _, addr := range targets {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -178,19 +176,25 @@ func (s *Server) Join(ctx context.Context, req *meshfedv1.JoinRequest) (*meshfed
 	if err := validateJoin(req); err != nil {
 		return nil, toStatus(err)
 	}
+	if req.Cluster != "" && (req.Cluster != s.cfg.Cluster || req.TrustDomain != s.cfg.TrustDomain) {
+		return nil, status.Errorf(codes.FailedPrecondition, "this is cluster %q (trust domain %q), not %q (%q): check --cluster and --trust-domain",
+			s.cfg.Cluster, s.cfg.TrustDomain, req.Cluster, req.TrustDomain)
+	}
 	caller := callerFrom(ctx)
 	var chainPEM string
+	// A token wins over the connection's certificate: a join forwarded by a
+	// follower arrives with the follower's certificate and the joiner's token.
 	switch {
-	case caller.serverID != "":
-		if caller.serverID != req.NodeId {
-			return nil, status.Errorf(codes.PermissionDenied, "server %q cannot join as %q", caller.serverID, req.NodeId)
-		}
 	case caller.token != nil:
 		if len(req.Csr) == 0 {
 			return nil, status.Error(codes.InvalidArgument, "invalid csr: required when joining with a token")
 		}
 		if err := s.useToken(ctx, caller.token); err != nil {
 			return nil, toStatus(err)
+		}
+	case caller.serverID != "":
+		if caller.serverID != req.NodeId {
+			return nil, status.Errorf(codes.PermissionDenied, "server %q cannot join as %q", caller.serverID, req.NodeId)
 		}
 	default:
 		return nil, status.Error(codes.Unauthenticated, "join needs a server-join token or a server certificate")
@@ -324,4 +328,53 @@ func checkDNSLabel(v string) error {
 		}
 	}
 	return nil
+}
+
+// filePeers lists the API addresses of the other servers, so a restarted
+// server can find the cluster before its state is replayed.
+const filePeers = "peers.json"
+
+// rememberPeers writes the other servers' API addresses to the data dir
+// when they changed.
+func (s *Server) rememberPeers() {
+	_, items, _, err := s.store().List(nil, listAll(meshfedv1.ResourceKind_RESOURCE_KIND_SERVER))
+	if err != nil || len(items) == 0 {
+		return
+	}
+	var addrs []string
+	for _, it := range items {
+		rec := it.(*meshfedv1.ServerRecord)
+		if rec.GetMeta().GetName() != s.cfg.NodeID {
+			addrs = append(addrs, rec.ApiAddr)
+		}
+	}
+	data, err := json.Marshal(addrs)
+	if err != nil {
+		return
+	}
+	if old, err := os.ReadFile(s.path(filePeers)); err == nil && bytes.Equal(old, data) {
+		return
+	}
+	if err := writeFileAtomic(s.path(filePeers), data, 0o600); err != nil {
+		s.log.Warn("remembering peers", "error", err)
+	}
+}
+
+// knownPeers returns the addresses rememberPeers wrote, plus those in the
+// local state.
+func (s *Server) knownPeers() []string {
+	var addrs []string
+	if data, err := os.ReadFile(s.path(filePeers)); err == nil {
+		_ = json.Unmarshal(data, &addrs)
+	}
+	_, items, _, err := s.store().List(nil, listAll(meshfedv1.ResourceKind_RESOURCE_KIND_SERVER))
+	if err == nil {
+		for _, it := range items {
+			rec := it.(*meshfedv1.ServerRecord)
+			if rec.GetMeta().GetName() != s.cfg.NodeID && !slices.Contains(addrs, rec.ApiAddr) {
+				addrs = append(addrs, rec.ApiAddr)
+			}
+		}
+	}
+	return addrs
 }

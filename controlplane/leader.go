@@ -82,6 +82,10 @@ func (s *Server) lead(ctx context.Context) {
 		if err == nil {
 			s.reconcileMembers(ctx, records)
 		}
+		// A restore may bring records of other addresses; keep ours true.
+		if err := s.ensureServerRecord(ctx, s.cfg.NodeID, s.cfg.APIAddr, s.cfg.RaftAdvertiseAddr, s.cfg.HTTPAddr); err != nil {
+			s.log.Warn("registering leader", "error", err)
+		}
 		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		_ = ws.WatchCtx(wctx)
 		cancel()

@@ -2,11 +2,14 @@ package controlplane
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	meshfedv1 "github.com/meshfed/meshfed/api/meshfed/v1"
 )
@@ -72,6 +75,56 @@ func TestWorkloadIdentityDefaultsToItsService(t *testing.T) {
 		}
 		if w.SpiffeId != tc.want {
 			t.Fatalf("%s: spiffe_id %q, want %q", tc.service, w.SpiffeId, tc.want)
+		}
+	}
+}
+
+func TestTokenUpdateAndRevocationRules(t *testing.T) {
+	c := startTestCluster(t, 1)
+	ctx := context.Background()
+	cl := c.client(t, c.servers[0])
+	who, err := cl.Tokens.WhoAmI(ctx, &meshfedv1.WhoAmIRequest{})
+	if err != nil || who.Token.Kind != meshfedv1.TokenKind_TOKEN_KIND_ADMIN || len(who.Token.SecretHash) != 0 {
+		t.Fatalf("whoami: %v %v", who, err)
+	}
+	// The only admin token cannot be revoked.
+	if _, err := cl.Tokens.DeleteToken(ctx, &meshfedv1.DeleteRequest{Name: who.Token.Meta.Name}); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("revoking the last admin token: %v", err)
+	}
+	// An update without expire_time keeps the expiry.
+	rt, err := cl.Tokens.CreateToken(ctx, &meshfedv1.CreateTokenRequest{Kind: meshfedv1.TokenKind_TOKEN_KIND_READ, Ttl: durationpb.New(time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	upd, err := cl.Tokens.UpdateToken(ctx, &meshfedv1.UpdateTokenRequest{Token: &meshfedv1.Token{Meta: &meshfedv1.Meta{Name: rt.Meta.Name}, Description: "renamed"}})
+	if err != nil || upd.Description != "renamed" || !upd.ExpireTime.AsTime().Equal(rt.ExpireTime.AsTime()) || upd.Secret != "" || upd.SecretHash != nil {
+		t.Fatalf("update: %v %v", upd, err)
+	}
+	// A second admin token makes the first revocable; the revoked one stops working.
+	second, err := cl.Tokens.CreateToken(ctx, &meshfedv1.CreateTokenRequest{Kind: meshfedv1.TokenKind_TOKEN_KIND_ADMIN})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl2 := c.clientWithToken(t, c.servers[0], second.Secret)
+	if _, err := cl2.Tokens.DeleteToken(ctx, &meshfedv1.DeleteRequest{Name: who.Token.Meta.Name}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.Catalog.ListServices(ctx, &meshfedv1.ListRequest{}); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("revoked token: %v", err)
+	}
+	// Expired tokens are refused.
+	short, err := cl2.Tokens.CreateToken(ctx, &meshfedv1.CreateTokenRequest{Kind: meshfedv1.TokenKind_TOKEN_KIND_READ, Ttl: durationpb.New(time.Millisecond)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	expired := c.clientWithToken(t, c.servers[0], short.Secret)
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		_, err := expired.Catalog.ListServices(ctx, &meshfedv1.ListRequest{})
+		if status.Code(err) == codes.Unauthenticated && strings.Contains(err.Error(), "expired") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("expired token: %v", err)
 		}
 	}
 }

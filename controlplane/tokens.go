@@ -87,8 +87,9 @@ func (a *apiServer) ListTokens(_ context.Context, req *meshfedv1.ListRequest) (*
 	return &meshfedv1.ListTokensResponse{Tokens: items, NextPageToken: next, Index: idx}, nil
 }
 
-// UpdateToken changes a token's description, labels and expiry; its kind,
-// identity and secret are fixed at creation.
+// UpdateToken changes a token's description, labels and expiry (an unset
+// expire_time keeps the current one: an update never makes a token live
+// forever); its kind, identity and secret are fixed at creation.
 func (a *apiServer) UpdateToken(ctx context.Context, req *meshfedv1.UpdateTokenRequest) (*meshfedv1.Token, error) {
 	in := req.GetToken()
 	if in.GetMeta().GetName() == "" {
@@ -107,13 +108,39 @@ func (a *apiServer) UpdateToken(ctx context.Context, req *meshfedv1.UpdateTokenR
 	next := proto.Clone(cur).(*meshfedv1.Token)
 	next.Description = in.GetDescription()
 	next.Meta.Labels = in.GetMeta().GetLabels()
-	next.ExpireTime = in.GetExpireTime()
+	if in.GetExpireTime() != nil {
+		next.ExpireTime = in.GetExpireTime()
+	}
 	out, err := writeResource(ctx, a.s, kindToken, "token", next, req.GetExpectedVersion(), modeUpdate)
 	return redact(out), err
 }
 
+// DeleteToken revokes a token. The last admin token that has not expired
+// cannot be revoked: nobody could administer the cluster afterwards.
 func (a *apiServer) DeleteToken(ctx context.Context, req *meshfedv1.DeleteRequest) (*meshfedv1.DeleteResponse, error) {
+	_, cur, err := a.s.store().Get(nil, kindToken, "", req.GetName())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if t, ok := cur.(*meshfedv1.Token); ok && t.Kind == meshfedv1.TokenKind_TOKEN_KIND_ADMIN && a.s.liveAdminTokens() <= 1 {
+		return nil, status.Error(codes.FailedPrecondition, "this is the last admin token: create another admin token before revoking it")
+	}
 	return deleteResource(ctx, a.s, kindToken, req)
+}
+
+func (s *Server) liveAdminTokens() int {
+	_, items, _, err := s.store().List(nil, listAll(kindToken))
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for _, it := range items {
+		t := it.(*meshfedv1.Token)
+		if t.Kind == meshfedv1.TokenKind_TOKEN_KIND_ADMIN && (t.ExpireTime == nil || time.Now().Before(t.ExpireTime.AsTime())) {
+			n++
+		}
+	}
+	return n
 }
 
 func (a *apiServer) WatchTokens(req *meshfedv1.WatchRequest, stream meshfedv1.TokenService_WatchTokensServer) error {

@@ -436,7 +436,11 @@ type JoinRequest struct {
 	HttpAddr string                 `protobuf:"bytes,4,opt,name=http_addr,json=httpAddr,proto3" json:"http_addr,omitempty"`
 	// PKCS#10 CSR (DER) for the server's identity
 	// spiffe://<trust-domain>/meshfed/server/<node_id>. The key stays on the server.
-	Csr           []byte `protobuf:"bytes,5,opt,name=csr,proto3" json:"csr,omitempty"`
+	Csr []byte `protobuf:"bytes,5,opt,name=csr,proto3" json:"csr,omitempty"`
+	// The cluster and trust domain the joining server was configured for; a
+	// mismatch is refused before anything changes.
+	Cluster       string `protobuf:"bytes,6,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	TrustDomain   string `protobuf:"bytes,7,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -504,6 +508,20 @@ func (x *JoinRequest) GetCsr() []byte {
 		return x.Csr
 	}
 	return nil
+}
+
+func (x *JoinRequest) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *JoinRequest) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
 }
 
 type JoinResponse struct {
@@ -928,13 +946,15 @@ const file_meshfed_v1_cluster_proto_rawDesc = "" +
 	"\x17GetClusterStatusRequest\"\x14\n" +
 	"\x12ListMembersRequest\"C\n" +
 	"\x13ListMembersResponse\x12,\n" +
-	"\amembers\x18\x01 \x03(\v2\x12.meshfed.v1.MemberR\amembers\"\x8d\x01\n" +
+	"\amembers\x18\x01 \x03(\v2\x12.meshfed.v1.MemberR\amembers\"\xca\x01\n" +
 	"\vJoinRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x19\n" +
 	"\bapi_addr\x18\x02 \x01(\tR\aapiAddr\x12\x1b\n" +
 	"\traft_addr\x18\x03 \x01(\tR\braftAddr\x12\x1b\n" +
 	"\thttp_addr\x18\x04 \x01(\tR\bhttpAddr\x12\x10\n" +
-	"\x03csr\x18\x05 \x01(\fR\x03csr\"\x9e\x01\n" +
+	"\x03csr\x18\x05 \x01(\fR\x03csr\x12\x18\n" +
+	"\acluster\x18\x06 \x01(\tR\acluster\x12!\n" +
+	"\ftrust_domain\x18\a \x01(\tR\vtrustDomain\"\x9e\x01\n" +
 	"\fJoinResponse\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12!\n" +
 	"\ftrust_domain\x18\x02 \x01(\tR\vtrustDomain\x122\n" +
