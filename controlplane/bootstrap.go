@@ -38,7 +38,7 @@ const clusterRecordName = "cluster"
 // prepareBootstrap creates the cluster's first authority, this server's
 // certificate and the admin token, before Raft starts.
 func (s *Server) prepareBootstrap() error {
-	auth, err := ca.GenerateAuthority(ca.GenerateParams{TrustDomain: s.td})
+	auth, err := ca.GenerateAuthority(ca.GenerateParams{TrustDomain: s.td, IntermediateTTL: s.cfg.intermediateTTL})
 	if err != nil {
 		return fmt.Errorf("creating cluster CA: %w", err)
 	}

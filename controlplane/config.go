@@ -65,6 +65,10 @@ type Config struct {
 	// (Raft, forwarding, stats); tests use it to cut a server off.
 	dial func(ctx context.Context, addr string) (net.Conn, error)
 
+	// intermediateTTL is the lifetime of generated intermediates (default
+	// ca.DefaultIntermediateTTL); CA settings will make it configurable.
+	intermediateTTL time.Duration
+
 	// Raft timing; zero values take defaults tuned for a LAN.
 	HeartbeatTimeout   time.Duration
 	ElectionTimeout    time.Duration

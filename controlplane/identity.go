@@ -183,7 +183,7 @@ func (id *serverIdentity) maintain(ctx context.Context) {
 		} else if len(items) > 0 {
 			id.sync(items)
 		}
-		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		wctx, cancel := context.WithTimeout(ctx, id.nextCheck())
 		_ = ws.WatchCtx(wctx)
 		cancel()
 		if ctx.Err() != nil {
@@ -217,11 +217,12 @@ func (id *serverIdentity) sync(items []state.Resource) {
 	foreign := !inBundle
 	id.mu.Unlock()
 
+	// Renew at half life, but only when a new certificate would live longer:
+	// a certificate capped by an intermediate that is about to be renewed
+	// waits for the new intermediate instead of being re-issued in a loop.
 	renew := false
 	if len(chain) > 0 {
-		leaf := chain[0]
-		half := leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2)
-		renew = time.Now().After(half)
+		renew = !time.Now().Before(ca.RenewalTime(chain[0])) && activeIntermediateExpiry(auths).After(chain[0].NotAfter.Add(time.Second))
 	}
 	if foreign && foreignFor > foreignRootGrace {
 		renew = true
@@ -286,4 +287,28 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 		return fmt.Errorf("writing %s: %w", path, err)
 	}
 	return nil
+}
+
+// nextCheck is how long maintain may sleep: until the certificate's half
+// life, at most 30 seconds, at least one.
+func (id *serverIdentity) nextCheck() time.Duration {
+	id.mu.Lock()
+	chain := id.chain
+	id.mu.Unlock()
+	wait := 30 * time.Second
+	if len(chain) > 0 {
+		wait = min(wait, time.Until(ca.RenewalTime(chain[0])))
+	}
+	return max(wait, time.Second)
+}
+
+// activeIntermediateExpiry returns when the active authority's intermediate
+// expires (zero if there is none).
+func activeIntermediateExpiry(auths []*meshfedv1.StoredAuthority) time.Time {
+	for _, a := range auths {
+		if a.GetAuthority().GetState() == meshfedv1.AuthorityState_AUTHORITY_STATE_ACTIVE {
+			return a.GetAuthority().GetIntermediateNotAfter().AsTime()
+		}
+	}
+	return time.Time{}
 }

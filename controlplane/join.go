@@ -3,13 +3,13 @@ package controlplane
 import (
 	"bytes"
 	"context"
-	"encoding/json"
-	"os"
-	"slices"
 	"crypto"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"slices"
 	"time"
 
 	"github.com/hashicorp/raft"

@@ -11,8 +11,10 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	meshfedv1 "github.com/meshfed/meshfed/api/meshfed/v1"
+	"github.com/meshfed/meshfed/ca"
 	"github.com/meshfed/meshfed/controlplane/fsm"
 	"github.com/meshfed/meshfed/controlplane/state"
+	"github.com/meshfed/meshfed/internal/tlsutil"
 )
 
 // leaderLoop runs the leader's housekeeping while this server leads.
@@ -82,11 +84,12 @@ func (s *Server) lead(ctx context.Context) {
 		if err == nil {
 			s.reconcileMembers(ctx, records)
 		}
+		s.renewIntermediates(ctx)
 		// A restore may bring records of other addresses; keep ours true.
 		if err := s.ensureServerRecord(ctx, s.cfg.NodeID, s.cfg.APIAddr, s.cfg.RaftAdvertiseAddr, s.cfg.HTTPAddr); err != nil {
 			s.log.Warn("registering leader", "error", err)
 		}
-		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		wctx, cancel := context.WithTimeout(ctx, s.nextLeaderCheck())
 		_ = ws.WatchCtx(wctx)
 		cancel()
 		if ctx.Err() != nil {
@@ -185,4 +188,64 @@ func (s *Server) recentlyJoined(node string) bool {
 
 func listAll(kind meshfedv1.ResourceKind) state.ListParams {
 	return state.ListParams{Kind: kind}
+}
+
+// renewIntermediates replaces the intermediate of the active authority at
+// half life, under the same root. Every server signs with the replicated
+// intermediate, so the swap reaches all of them through Raft; certificates
+// of the old intermediate stay valid because the root does not change.
+func (s *Server) renewIntermediates(ctx context.Context) {
+	_, items, _, err := s.store().List(nil, listAll(meshfedv1.ResourceKind_RESOURCE_KIND_AUTHORITY))
+	if err != nil {
+		return
+	}
+	for _, it := range items {
+		a := it.(*meshfedv1.StoredAuthority)
+		if a.GetAuthority().GetState() != meshfedv1.AuthorityState_AUTHORITY_STATE_ACTIVE || len(a.GetRootKey()) == 0 {
+			continue
+		}
+		due, err := ca.IntermediateNeedsRenewal(a, time.Now())
+		if err != nil || !due {
+			continue
+		}
+		next, err := ca.RenewIntermediate(a, s.td, s.cfg.intermediateTTL, time.Now())
+		if err != nil {
+			s.log.Error("renewing intermediate", "authority", a.GetAuthority().GetId(), "error", err)
+			continue
+		}
+		stripServerMeta(next.Meta)
+		payload, err := proto.Marshal(next)
+		if err != nil {
+			continue
+		}
+		_, err = s.applyWrite(ctx, fsm.UpsertResourceType, &meshfedv1.ResourceWrite{
+			Kind: meshfedv1.ResourceKind_RESOURCE_KIND_AUTHORITY, Payload: payload, Name: a.GetMeta().GetName(),
+			ExpectedVersion: a.GetMeta().GetVersion(),
+		})
+		if err != nil {
+			s.log.Warn("storing renewed intermediate", "authority", a.GetAuthority().GetId(), "error", err)
+			continue
+		}
+		s.log.Info("renewed intermediate", "authority", a.GetAuthority().GetId(), "not_after", next.GetAuthority().GetIntermediateNotAfter().AsTime())
+	}
+}
+
+// nextLeaderCheck is how long the leader loop may sleep: 10 seconds, or
+// until the active intermediate is due for renewal if that is sooner.
+func (s *Server) nextLeaderCheck() time.Duration {
+	wait := 10 * time.Second
+	_, items, _, err := s.store().List(nil, listAll(meshfedv1.ResourceKind_RESOURCE_KIND_AUTHORITY))
+	if err != nil {
+		return wait
+	}
+	for _, it := range items {
+		a := it.(*meshfedv1.StoredAuthority)
+		if a.GetAuthority().GetState() != meshfedv1.AuthorityState_AUTHORITY_STATE_ACTIVE {
+			continue
+		}
+		if certs, err := tlsutil.ParseCertificatesPEM([]byte(a.GetAuthority().GetIntermediatePem())); err == nil {
+			wait = min(wait, time.Until(ca.RenewalTime(certs[0])))
+		}
+	}
+	return max(wait, 100*time.Millisecond)
 }
