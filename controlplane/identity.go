@@ -248,11 +248,15 @@ func chainRoots(chain []*x509.Certificate, roots []*x509.Certificate) []*x509.Ce
 	for _, c := range chain[1:] {
 		inter.AddCert(c)
 	}
+	// Which root a chain belongs to does not depend on the time: check it in
+	// the middle of the leaf's life, so an expired chain is still placed.
+	leaf := chain[0]
+	mid := leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2)
 	var out []*x509.Certificate
 	for _, r := range roots {
 		pool := x509.NewCertPool()
 		pool.AddCert(r)
-		if _, err := chain[0].Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err == nil {
+		if _, err := chain[0].Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter, CurrentTime: mid, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err == nil {
 			out = append(out, r)
 		}
 	}

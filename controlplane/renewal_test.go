@@ -62,3 +62,44 @@ func TestIntermediateRenewsAndClusterOutlivesIt(t *testing.T) {
 		}
 	}
 }
+
+// TestClusterReformsAfterEveryCertificateExpired stops a whole cluster for
+// longer than its certificates and intermediate live; on restart every
+// server re-issues its certificate from its own Raft log and the cluster
+// forms again.
+func TestClusterReformsAfterEveryCertificateExpired(t *testing.T) {
+	c := startTestClusterWith(t, 3, func(cfg *Config) { cfg.intermediateTTL = 4 * time.Second })
+	if _, err := c.client(t, c.leader(t)).Catalog.CreateService(context.Background(), &meshfedv1.CreateServiceRequest{Service: svc("kept", 80)}); err != nil {
+		t.Fatal(err)
+	}
+	var latest time.Time
+	for _, ts := range c.servers {
+		ts.stop()
+		chain, err := tlsutil.LoadCertificatesFile(ts.cfg.DataDir + "/server.crt")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, cert := range chain {
+			if cert.NotAfter.After(latest) {
+				latest = cert.NotAfter
+			}
+		}
+	}
+	for time.Now().Before(latest.Add(time.Second)) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	var restarted []*testServer
+	for _, ts := range c.servers {
+		cfg := ts.cfg
+		cfg.JoinAddrs, cfg.JoinToken = nil, ""
+		restarted = append(restarted, startServer(t, cfg))
+	}
+	c.servers = restarted
+	for _, ts := range restarted {
+		waitReady(t, ts, 30*time.Second)
+	}
+	got, err := c.client(t, c.follower(t)).Catalog.GetService(context.Background(), &meshfedv1.GetRequest{Name: "kept", Read: &meshfedv1.ReadOptions{Consistent: true}})
+	if err != nil || got.Port != 80 {
+		t.Fatalf("after restart: %v %v", got, err)
+	}
+}

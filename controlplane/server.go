@@ -172,6 +172,12 @@ func (s *Server) start(ctx context.Context) error {
 	if err := s.startRaft(snaps, bootstrapping); err != nil {
 		return err
 	}
+	if existing && s.id.certificateExpired() {
+		s.log.Warn("server certificate expired while the server was down; re-issuing it from the local raft state")
+		if err := s.recoverIdentity(s.wal); err != nil {
+			s.log.Error("re-issuing server certificate", "error", err)
+		}
+	}
 	if err := s.startAPI(); err != nil {
 		return err
 	}
