@@ -9,9 +9,7 @@ import (
 	"log/slog"
 
 	"github.com/hashicorp/raft"
-	"google.golang.org/protobuf/proto"
 
-	meshfedv1 "github.com/meshfed/meshfed/api/meshfed/v1"
 	"github.com/meshfed/meshfed/controlplane/state"
 )
 
@@ -45,6 +43,9 @@ type Result struct {
 type FSM struct {
 	logger *slog.Logger
 	state  *state.Store
+	// namespaces interns the namespaces of decoded writes. Raft applies
+	// logs from one goroutine, never concurrently, and only that uses it.
+	namespaces map[string]string
 }
 
 // New returns an FSM over a new, empty store.
@@ -57,15 +58,15 @@ func New(cfg Config) (*FSM, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &FSM{logger: logger, state: s}, nil
+	return &FSM{logger: logger, state: s, namespaces: make(map[string]string)}, nil
 }
 
 // State returns the store the FSM writes; readers use it directly.
 func (f *FSM) State() *state.Store { return f.state }
 
 // applyFunc applies the body of one command in tx, whose index is already
-// the command's log index.
-type applyFunc func(tx *state.Txn, body []byte, index uint64) *Result
+// the command's log index, decoding writes with d.
+type applyFunc func(tx *state.Txn, d *writeDecoder, body []byte, index uint64) *Result
 
 // commands is the registration table of command decoders. An entry is
 // never removed: old logs must still apply.
@@ -92,6 +93,7 @@ func (f *FSM) Apply(l *raft.Log) any {
 func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 	out := make([]any, len(logs))
 	var tx *state.Txn
+	d := writeDecoder{namespaces: f.namespaces}
 	for i, l := range logs {
 		if l.Type != raft.LogCommand {
 			continue
@@ -101,7 +103,7 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 			defer tx.Abort()
 		}
 		tx.SetIndex(l.Index)
-		out[i] = f.applyCommand(tx, l)
+		out[i] = f.applyCommand(tx, &d, l)
 	}
 	if tx != nil {
 		tx.Commit()
@@ -109,7 +111,7 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
 	return out
 }
 
-func (f *FSM) applyCommand(tx *state.Txn, l *raft.Log) *Result {
+func (f *FSM) applyCommand(tx *state.Txn, d *writeDecoder, l *raft.Log) *Result {
 	if len(l.Data) == 0 {
 		panic(fmt.Sprintf("fsm: log %d: empty command", l.Index))
 	}
@@ -118,27 +120,19 @@ func (f *FSM) applyCommand(tx *state.Txn, l *raft.Log) *Result {
 	if !ok {
 		panic(fmt.Sprintf("fsm: log %d: unknown message type %d: a command from a newer meshfed, or a bug", l.Index, uint8(t)))
 	}
-	return fn(tx, l.Data[1:], l.Index)
+	return fn(tx, d, l.Data[1:], l.Index)
 }
 
-func applyUpsert(tx *state.Txn, body []byte, index uint64) *Result {
-	w := decodeWrite(UpsertResourceType, body, index)
+func applyUpsert(tx *state.Txn, d *writeDecoder, body []byte, index uint64) *Result {
+	w := d.decode(UpsertResourceType, body, index)
 	r, err := tx.Upsert(w)
 	return &Result{Index: index, Resource: r, Err: err}
 }
 
-func applyDelete(tx *state.Txn, body []byte, index uint64) *Result {
-	w := decodeWrite(DeleteResourceType, body, index)
+func applyDelete(tx *state.Txn, d *writeDecoder, body []byte, index uint64) *Result {
+	w := d.decode(DeleteResourceType, body, index)
 	r, err := tx.Delete(w)
 	return &Result{Index: index, Resource: r, Err: err}
-}
-
-func decodeWrite(t MessageType, body []byte, index uint64) *meshfedv1.ResourceWrite {
-	w := &meshfedv1.ResourceWrite{}
-	if err := proto.Unmarshal(body, w); err != nil {
-		panic(fmt.Sprintf("fsm: log %d: undecodable %v command: %v", index, t, err))
-	}
-	return w
 }
 
 // Snapshot returns a point-in-time view of the state for Raft to persist

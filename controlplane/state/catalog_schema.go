@@ -1,22 +1,13 @@
 package state
 
-import meshfedv1 "github.com/meshfed/meshfed/api/meshfed/v1"
-
 const workloadsTable = "workloads"
 
-// workloadServiceIndex finds the workloads of one service: namespace, NUL,
-// service, NUL.
-var workloadServiceIndex = secondaryIndex{
-	name: "service",
-	group: func(r Resource) (string, bool) {
-		w, ok := r.(*meshfedv1.Workload)
-		if !ok || w.GetService() == "" {
-			return "", false
-		}
-		return serviceKey(w.GetMeta().GetNamespace(), w.GetService()), true
-	},
-}
-
-func serviceKey(namespace, service string) string {
-	return namespace + "\x00" + service + "\x00"
-}
+// The workloads of each service are listed by a serviceGroups, kept in the
+// workloads row of the index table (which changes exactly when workloads
+// do), not by a memdb index over the workloads table. A memdb index entry
+// costs each workload about 450 bytes (a radix leaf and node, each with its
+// watch channel, plus the inner nodes and the key), a third of all it
+// costs, and each write several radix node copies; the groups cost a
+// workload 24 to 48 bytes, a write a copy of a few B+ tree nodes. Nobody
+// watches a service's workloads through memdb channels: List watches the
+// kind's index row.

@@ -18,6 +18,10 @@ const (
 type indexRow struct {
 	Table string
 	Index uint64
+	// groups is, in the workloads row, the workloads of each service
+	// (catalog.go), which change exactly when the row does; nil in the
+	// others, or when no workload has a service.
+	groups *serviceGroups
 }
 
 func indexTableSchema() *memdb.TableSchema {
@@ -27,15 +31,58 @@ func indexTableSchema() *memdb.TableSchema {
 			indexID: {
 				Name:    indexID,
 				Unique:  true,
-				Indexer: &memdb.StringFieldIndex{Field: "Table"},
+				Indexer: indexRowIndexer{},
 			},
 		},
 	}
 }
 
-// setIndex records idx as the last change to table.
-func setIndex(tx *memdb.Txn, table string, idx uint64) error {
-	if err := tx.Insert(indexTable, &indexRow{Table: table, Index: idx}); err != nil {
+// rowKey is the key of a table's index row, made once: every transaction
+// writes index rows and every read reads one. Passed to memdb as a pointer,
+// it costs no allocation.
+type rowKey struct{ key []byte }
+
+var rowKeys = func() map[string]*rowKey {
+	m := make(map[string]*rowKey, len(kinds))
+	for _, info := range kinds {
+		m[info.Table] = &rowKey{key: []byte(info.Table)}
+	}
+	return m
+}()
+
+// indexRowIndexer indexes index rows by table: its argument is a *rowKey
+// or a table name.
+type indexRowIndexer struct{}
+
+func (indexRowIndexer) FromObject(raw any) (bool, []byte, error) {
+	r, ok := raw.(*indexRow)
+	if !ok {
+		return false, nil, fmt.Errorf("unexpected object type %T", raw)
+	}
+	if k := rowKeys[r.Table]; k != nil {
+		return true, k.key, nil
+	}
+	return true, []byte(r.Table), nil
+}
+
+func (indexRowIndexer) FromArgs(args ...any) ([]byte, error) {
+	if len(args) != 1 {
+		return nil, fmt.Errorf("want one key argument, got %d", len(args))
+	}
+	switch a := args[0].(type) {
+	case *rowKey:
+		return a.key, nil
+	case string:
+		return []byte(a), nil
+	default:
+		return nil, fmt.Errorf("key argument must be a *rowKey or a string, got %T", a)
+	}
+}
+
+// setIndex records idx as the last change to table, and the workloads of
+// each service in the workloads row.
+func setIndex(tx *memdb.Txn, table string, idx uint64, groups *serviceGroups) error {
+	if err := tx.Insert(indexTable, &indexRow{Table: table, Index: idx, groups: groups}); err != nil {
 		return fmt.Errorf("updating index of %s: %w", table, err)
 	}
 	return nil

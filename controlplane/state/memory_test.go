@@ -9,13 +9,20 @@ import (
 )
 
 // TestHeapBytesPerWorkload reports the heap one stored workload costs, with
-// 100,000 realistic workloads (name, namespace, service, address, port,
-// locality, health, SPIFFE ID and version; no labels), 200 per service. The
-// design target is under 1 KB. "created" writes each workload once;
-// "updated" writes each a second time with a later time stamp and another
-// health, as a health check would, so that the stored meta has distinct
-// create and update times. It asserts nothing about the figures; they are
-// there to be read (go test -v -run HeapBytes).
+// 100,000 of them (the design target is under 1 KB):
+//
+//   - "created": realistic workloads (name, namespace, service, address,
+//     port, locality, health, SPIFFE ID and version; no labels), 200 per
+//     service, each written once;
+//   - "updated": the same, each written a second time with a later time
+//     stamp and another health, as a health check would, so that the
+//     stored meta has distinct create and update times;
+//   - "bench": the workloads of the cluster write benchmark (bench/cmd/
+//     writebench): all of one service, padded to 256 bytes with labels,
+//     the same for all.
+//
+// It asserts nothing about the figures; they are there to be read (go test
+// -v -run HeapBytes).
 func TestHeapBytesPerWorkload(t *testing.T) {
 	if testing.Short() {
 		t.Skip("stores 100,000 workloads")
@@ -24,16 +31,21 @@ func TestHeapBytesPerWorkload(t *testing.T) {
 		t.Skip("the race detector distorts heap figures")
 	}
 	for _, tt := range []struct {
-		name   string
-		passes int
-	}{{"created", 1}, {"updated", 2}} {
+		name     string
+		passes   int
+		workload func(j, pass int) *meshfedv1.Workload
+	}{
+		{"created", 1, realisticWorkload},
+		{"updated", 2, realisticWorkload},
+		{"bench", 1, benchShapedWorkload},
+	} {
 		t.Run(tt.name, func(t *testing.T) {
 			const n = 100_000
 			before := heapInUse()
 			s := newTestStore(t)
 			idx := uint64(1)
 			for pass := range tt.passes {
-				idx = fillWorkloads(t, s, n, idx, pass)
+				idx = fillWorkloads(t, s, n, idx, pass, tt.workload)
 			}
 			after := heapInUse()
 			per := float64(after-before) / n
@@ -60,15 +72,41 @@ func realisticWorkload(j, pass int) *meshfedv1.Workload {
 	return w
 }
 
-// fillWorkloads upserts realistic workloads 0..n-1 in batches of 512, as
-// the FSM would, and returns the next index.
-func fillWorkloads(t testing.TB, s *Store, n int, idx uint64, pass int) uint64 {
+// benchPadding is the label values of benchShapedWorkload: 256 bytes in
+// labels of at most 60 characters, as the write benchmark pads them.
+var benchPadding = func() map[string]string {
+	const alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+	labels := map[string]string{}
+	for i := 0; i*60 < 256; i++ {
+		b := make([]byte, min(60, 256-i*60))
+		for k := range b {
+			b[k] = alphabet[(i*60+k)*7%len(alphabet)]
+		}
+		labels[fmt.Sprintf("pad%d", i)] = string(b)
+	}
+	return labels
+}()
+
+// benchShapedWorkload is workload j of the write benchmark.
+func benchShapedWorkload(j, _ int) *meshfedv1.Workload {
+	return &meshfedv1.Workload{
+		Meta:    &meshfedv1.Meta{Namespace: "default", Name: fmt.Sprintf("k%015d", j), Labels: benchPadding},
+		Service: "bench",
+		Address: "127.0.0.1",
+		Port:    8080,
+		Health:  meshfedv1.HealthStatus_HEALTH_STATUS_HEALTHY,
+	}
+}
+
+// fillWorkloads upserts workloads 0..n-1 of pass in batches of 512, as the
+// FSM would, and returns the next index.
+func fillWorkloads(t testing.TB, s *Store, n int, idx uint64, pass int, workload func(j, pass int) *meshfedv1.Workload) uint64 {
 	const batch = 512
 	writes := make([]*meshfedv1.ResourceWrite, 0, batch)
 	for i := 0; i < n; i += batch {
 		writes = writes[:0]
 		for j := i; j < min(i+batch, n); j++ {
-			w := upsertWrite(t, realisticWorkload(j, pass))
+			w := upsertWrite(t, workload(j, pass))
 			w.Time.Seconds += int64(pass) * 60
 			writes = append(writes, w)
 		}
@@ -123,5 +161,19 @@ func BenchmarkUpsertWorkload(b *testing.B) {
 		}
 		tx.Commit()
 		i++
+	}
+}
+
+// BenchmarkListService measures listing the 200 workloads of one service in
+// a store of 100,000, as a proxy's watch does on every change.
+func BenchmarkListService(b *testing.B) {
+	s := newTestStore(b)
+	fillWorkloads(b, s, 100_000, 1, 0, realisticWorkload)
+	b.ReportAllocs()
+	for b.Loop() {
+		_, items, _, err := s.List(nil, ListParams{Kind: meshfedv1.ResourceKind_RESOURCE_KIND_WORKLOAD, Namespace: "team-7", Service: "svc-107"})
+		if err != nil || len(items) != 200 {
+			b.Fatalf("List = %d items, %v", len(items), err)
+		}
 	}
 }

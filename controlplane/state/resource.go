@@ -91,9 +91,7 @@ func (s *Store) List(ws memdb.WatchSet, p ListParams) (uint64, []Resource, strin
 		if ns == "" {
 			return 0, nil, "", fmt.Errorf("list %v: a service filter needs a namespace", p.Kind)
 		}
-		index, group = workloadServiceIndex.name, serviceKey(ns, p.Service)
-		prefix = group
-		groupOf = func(r Resource) string { g, _ := workloadServiceIndex.group(r); return g }
+		return s.listService(ws, info, ns, p)
 	case p.Peer != "":
 		if info.Kind != meshfedv1.ResourceKind_RESOURCE_KIND_IMPORTED_SERVICE {
 			return 0, nil, "", fmt.Errorf("list %v: a peer filter applies only to imported services", p.Kind)
@@ -139,4 +137,16 @@ func (s *Store) List(ws memdb.WatchSet, p ListParams) (uint64, []Resource, strin
 		items = append(items, r)
 	}
 	return idx, items, "", nil
+}
+
+// listService lists the workloads of one service from the service groups
+// of the workloads' index row.
+func (s *Store) listService(ws memdb.WatchSet, info KindInfo, ns string, p ListParams) (uint64, []Resource, string, error) {
+	d := s.db.Load()
+	tx := d.mem.Txn(false)
+	defer tx.Abort()
+	row := indexRowTxn(tx, ws, d, info.Table)
+	idx, g := row.Index, row.groups.group(groupID{ns, p.Service})
+	items, next := listGroup(g, p.After, p.Limit)
+	return idx, items, next, nil
 }

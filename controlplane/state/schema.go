@@ -10,12 +10,13 @@ import (
 
 // Every resource table has an "id" index over idKey(namespace, name).
 // Kind-specific secondary indexes are declared beside their kind
-// (catalog_schema.go, token_schema.go, federation_schema.go).
+// (token_schema.go, federation_schema.go); workloads are found by service
+// through B+ trees kept in their index row (catalog_schema.go).
 const indexIDName = "id"
 
 // schema returns the database schema: one table per kind plus the index
-// table.
-func schema() *memdb.DBSchema {
+// table. Its id indexes share memo.
+func schema(memo *keyMemo) *memdb.DBSchema {
 	db := &memdb.DBSchema{Tables: map[string]*memdb.TableSchema{
 		indexTable: indexTableSchema(),
 	}}
@@ -26,7 +27,7 @@ func schema() *memdb.DBSchema {
 				indexIDName: {
 					Name:    indexIDName,
 					Unique:  true,
-					Indexer: keyIndexer{key: func(r Resource) (string, bool) { return resourceID(r), true }},
+					Indexer: idIndexer{memo},
 				},
 			},
 		}
@@ -56,7 +57,6 @@ type secondaryIndex struct {
 
 // secondaryIndexes is the registration table of kind-specific indexes.
 var secondaryIndexes = map[meshfedv1.ResourceKind][]secondaryIndex{
-	meshfedv1.ResourceKind_RESOURCE_KIND_WORKLOAD:         {workloadServiceIndex},
 	meshfedv1.ResourceKind_RESOURCE_KIND_TOKEN:            {tokenSecretHashIndex},
 	meshfedv1.ResourceKind_RESOURCE_KIND_IMPORTED_SERVICE: {importedServicePeerIndex},
 }
@@ -77,6 +77,53 @@ func resourceID(r Resource) string {
 	return idKey(m.GetNamespace(), m.GetName())
 }
 
+// appendIDKey appends idKey(namespace, name) to b.
+func appendIDKey(b []byte, namespace, name string) []byte {
+	b = append(b, namespace...)
+	b = append(b, 0)
+	return append(b, name...)
+}
+
+// idKeyBytes returns idKey(namespace, name) in one allocation.
+func idKeyBytes(namespace, name string) []byte {
+	return appendIDKey(make([]byte, 0, len(namespace)+1+len(name)), namespace, name)
+}
+
+// idIndexer is the indexer of every id index. memdb asks for the key of
+// the object it inserts up to three times (and for the one it replaces), so
+// the write transaction tells the memo the key beforehand. The memo is only
+// used under memdb's writer lock: memdb asks for objects' keys only to
+// write them.
+type idIndexer struct {
+	memo *keyMemo
+}
+
+// keyMemo is the id key of one object, and of the object it replaces
+// (which has the same key). Stored objects are immutable, so a key once
+// right stays right.
+type keyMemo struct {
+	obj, old any
+	key      []byte
+}
+
+func (m *keyMemo) set(obj, old any, key []byte) { m.obj, m.old, m.key = obj, old, key }
+
+func (x idIndexer) FromObject(raw any) (bool, []byte, error) {
+	if m := x.memo; m.obj == raw || (m.old != nil && m.old == raw) {
+		return true, m.key, nil
+	}
+	r, ok := raw.(Resource)
+	if !ok {
+		return false, nil, fmt.Errorf("unexpected object type %T", raw)
+	}
+	m := r.GetMeta()
+	return true, idKeyBytes(m.GetNamespace(), m.GetName()), nil
+}
+
+func (idIndexer) FromArgs(args ...any) ([]byte, error) { return keyIndexer{}.FromArgs(args...) }
+
+func (idIndexer) PrefixFromArgs(args ...any) ([]byte, error) { return keyIndexer{}.FromArgs(args...) }
+
 // keyIndexer indexes resources by a string computed from the object. Its
 // FromArgs and PrefixFromArgs take the already encoded key (a string or
 // []byte), so that keys are composed in one place (idKey and friends).
@@ -87,6 +134,8 @@ type keyIndexer struct {
 var (
 	_ memdb.SingleIndexer = keyIndexer{}
 	_ memdb.PrefixIndexer = keyIndexer{}
+	_ memdb.SingleIndexer = idIndexer{}
+	_ memdb.PrefixIndexer = idIndexer{}
 )
 
 func (k keyIndexer) FromObject(raw any) (bool, []byte, error) {

@@ -132,8 +132,16 @@ func (s *Store) Restore(r io.Reader) error {
 		}
 		index = max(index, meta.GetVersion())
 	}
+	groups, err := buildServiceGroups(tx, txnGen.Add(1))
+	if err != nil {
+		return err
+	}
 	for _, info := range kinds {
-		if err := setIndex(tx, info.Table, index); err != nil {
+		var g *serviceGroups
+		if info.Table == workloadsTable {
+			g = groups
+		}
+		if err := setIndex(tx, info.Table, index, g); err != nil {
 			return err
 		}
 	}

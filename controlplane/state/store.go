@@ -53,6 +53,10 @@ type Store struct {
 type database struct {
 	mem       *memdb.MemDB
 	abandonCh chan struct{}
+	// keys is the id indexes' memo (idIndexer), and scratch what write
+	// transactions reuse; both belong to the holder of memdb's writer lock.
+	keys    *keyMemo
+	scratch *txnScratch
 }
 
 // NewStore returns an empty store.
@@ -67,7 +71,8 @@ func NewStore() (*Store, error) {
 }
 
 func newDatabase() (*database, error) {
-	mem, err := memdb.NewMemDB(schema())
+	keys := &keyMemo{}
+	mem, err := memdb.NewMemDB(schema(keys))
 	if err != nil {
 		return nil, fmt.Errorf("creating state database: %w", err)
 	}
@@ -76,12 +81,12 @@ func newDatabase() (*database, error) {
 	tx := mem.Txn(true)
 	defer tx.Abort()
 	for _, info := range kinds {
-		if err := setIndex(tx, info.Table, 0); err != nil {
+		if err := setIndex(tx, info.Table, 0, nil); err != nil {
 			return nil, err
 		}
 	}
 	tx.Commit()
-	return &database{mem: mem, abandonCh: make(chan struct{})}, nil
+	return &database{mem: mem, abandonCh: make(chan struct{}), keys: keys}, nil
 }
 
 // AbandonCh is closed when a snapshot restore replaces the store's contents.
@@ -113,10 +118,20 @@ func (s *Store) LatestIndex() uint64 {
 	return latestIndexTxn(tx)
 }
 
-// kindIndexTxn reads a table's index row, watching it and the abandon
+// kindIndexTxn reads a table's index, watching its row and the abandon
 // channel when ws is set.
 func kindIndexTxn(tx *memdb.Txn, ws memdb.WatchSet, d *database, table string) uint64 {
-	ch, raw, err := tx.FirstWatch(indexTable, indexID, table)
+	return indexRowTxn(tx, ws, d, table).Index
+}
+
+// indexRowTxn reads a table's index row, watching it and the abandon
+// channel when ws is set.
+func indexRowTxn(tx *memdb.Txn, ws memdb.WatchSet, d *database, table string) *indexRow {
+	var key any = table
+	if k := rowKeys[table]; k != nil {
+		key = k
+	}
+	ch, raw, err := tx.FirstWatch(indexTable, indexID, key)
 	if err != nil {
 		// The index table and its indexer are static; this cannot happen.
 		panic(fmt.Sprintf("state: reading index row %q: %v", table, err))
@@ -126,7 +141,7 @@ func kindIndexTxn(tx *memdb.Txn, ws memdb.WatchSet, d *database, table string) u
 		ws.Add(d.abandonCh)
 	}
 	if raw == nil {
-		return 0
+		return &indexRow{Table: table}
 	}
-	return raw.(*indexRow).Index
+	return raw.(*indexRow)
 }

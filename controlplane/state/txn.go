@@ -2,6 +2,7 @@ package state
 
 import (
 	"fmt"
+	"sync/atomic"
 
 	"github.com/hashicorp/go-memdb"
 	"google.golang.org/protobuf/proto"
@@ -21,13 +22,51 @@ type Txn struct {
 	db  *database
 	tx  *memdb.Txn
 	idx uint64
+	// gen identifies the transaction as the owner of the service groups
+	// and B+ tree nodes it made, which it changes in place.
+	gen uint64
+
+	// read is the state as the transaction started (it holds the writer
+	// lock, so nothing commits meanwhile), and txnScratch.written what the
+	// transaction wrote over it. Reads go through these, not through tx:
+	// memdb's reads of an index the transaction changed clone the index's
+	// radix transaction, which drops its cache of the nodes already copied,
+	// so that every following write of a batch copied its whole path
+	// again.
+	read *memdb.Txn
+	*txnScratch
+
+	// serviceGroups is the workloads by service, once the transaction
+	// changed them.
+	serviceGroups *serviceGroups
 }
+
+// txnScratch is what a write transaction tracks, reused by the next one
+// of its database: memdb's writer lock, which a write transaction holds,
+// guards database.scratch.
+type txnScratch struct {
+	// written is, per kind (in kinds order), what the transaction wrote
+	// (nil for a deletion).
+	written []map[resourceKey]Resource
+	// changed is, per kind, the index of the transaction's last write to
+	// it, 0 for none: Commit writes the index table once per kind instead
+	// of once per write.
+	changed []uint64
+}
+
+// txnGen numbers write transactions.
+var txnGen atomic.Uint64
 
 // WriteTxn opens a write transaction whose writes are stamped with the Raft
 // index idx. Only one write transaction runs at a time; others block.
 func (s *Store) WriteTxn(idx uint64) *Txn {
 	d := s.db.Load()
-	return &Txn{db: d, tx: d.mem.Txn(true), idx: idx}
+	t := &Txn{db: d, tx: d.mem.Txn(true), idx: idx, gen: txnGen.Add(1)}
+	t.txnScratch, d.scratch = d.scratch, nil
+	if t.txnScratch == nil {
+		t.txnScratch = &txnScratch{written: make([]map[resourceKey]Resource, len(kinds)), changed: make([]uint64, len(kinds))}
+	}
+	return t
 }
 
 // SetIndex changes the Raft index stamped on the following writes. The FSM
@@ -41,10 +80,86 @@ func (t *Txn) Index() uint64 { return t.idx }
 
 // Commit makes the transaction's writes visible and fires the watches of
 // what changed.
-func (t *Txn) Commit() { t.tx.Commit() }
+func (t *Txn) Commit() {
+	if t.tx == nil {
+		return
+	}
+	for i, idx := range t.changed {
+		if idx == 0 {
+			continue
+		}
+		var groups *serviceGroups
+		if kinds[i].Table == workloadsTable {
+			groups = t.groupsForRead()
+		}
+		if err := setIndex(t.tx, kinds[i].Table, idx, groups); err != nil {
+			panic(fmt.Sprintf("state: %v", err))
+		}
+	}
+	tx := t.done()
+	tx.Commit()
+}
 
 // Abort discards the transaction's writes.
-func (t *Txn) Abort() { t.tx.Abort() }
+func (t *Txn) Abort() {
+	if t.tx == nil {
+		return
+	}
+	t.done().Abort()
+}
+
+// done ends the transaction, handing its scratch back to the database,
+// and returns the memdb transaction to commit or abort: that releases the
+// writer lock, so it comes last.
+func (t *Txn) done() *memdb.Txn {
+	s := t.txnScratch
+	for _, m := range s.written {
+		clear(m)
+	}
+	clear(s.changed)
+	t.db.scratch = s
+	tx := t.tx
+	t.tx, t.read, t.txnScratch, t.serviceGroups = nil, nil, nil, nil
+	return tx
+}
+
+// committed returns a read transaction on the state the transaction
+// started from.
+func (t *Txn) committed() *memdb.Txn {
+	if t.read == nil {
+		t.read = t.db.mem.Txn(false)
+	}
+	return t.read
+}
+
+// resourceKey keys written: unlike the id key, it needs no allocation.
+type resourceKey struct{ namespace, name string }
+
+// current returns the stored resource of info's kind named ns/name, whose
+// id key is key, as this transaction sees it.
+func (t *Txn) current(info KindInfo, ns, name string, key []byte) (Resource, error) {
+	if r, ok := t.written[int(info.Kind)-1][resourceKey{ns, name}]; ok {
+		return r, nil
+	}
+	raw, err := t.committed().First(info.Table, indexIDName, key)
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", describe(info, ns, name), err)
+	}
+	if raw == nil {
+		return nil, nil
+	}
+	return raw.(Resource), nil
+}
+
+// wrote records a successful write of r (nil: a deletion) of ns/name.
+func (t *Txn) wrote(info KindInfo, ns, name string, r Resource) {
+	i := int(info.Kind) - 1
+	if t.written[i] == nil {
+		t.written[i] = make(map[resourceKey]Resource)
+	}
+	t.written[i][resourceKey{ns, name}] = r
+	t.changed[i] = t.idx
+}
 
 // Upsert creates or replaces the resource carried by w and returns the
 // stored object. The stored object is w's payload with meta.name and
@@ -63,6 +178,11 @@ func (t *Txn) Upsert(w *meshfedv1.ResourceWrite) (Resource, error) {
 	if w.GetMustExist() && w.GetMustNotExist() {
 		return nil, fmt.Errorf("%w: must_exist and must_not_exist are both set", ErrInvalidWrite)
 	}
+	if info.Kind == meshfedv1.ResourceKind_RESOURCE_KIND_WORKLOAD && fastWorkloadDecode {
+		if p, ok := parseWorkload(w.GetPayload()); ok && p.keyIs(w.GetNamespace(), w.GetName()) {
+			return t.upsertWorkload(info, w, &p)
+		}
+	}
 	obj := info.New()
 	if err := proto.Unmarshal(w.GetPayload(), obj); err != nil {
 		return nil, fmt.Errorf("%w: decoding %v payload: %v", ErrInvalidWrite, w.GetKind(), err)
@@ -72,25 +192,22 @@ func (t *Txn) Upsert(w *meshfedv1.ResourceWrite) (Resource, error) {
 	if err != nil {
 		return nil, err
 	}
-	key := idKey(ns, name)
+	key := idKeyBytes(ns, name)
 
-	raw, err := t.tx.First(info.Table, indexIDName, key)
+	existing, err := t.current(info, ns, name, key)
 	if err != nil {
-		return nil, fmt.Errorf("reading %s: %w", describe(info, ns, name), err)
-	}
-	var existing Resource
-	if raw != nil {
-		existing = raw.(Resource)
+		return nil, err
 	}
 	if err := checkConditions(info, ns, name, existing, w); err != nil {
 		return nil, err
 	}
 	if tok, ok := obj.(*meshfedv1.Token); ok && len(tok.GetSecretHash()) > 0 {
+		// Tokens are few and rarely written: reading through tx is fine.
 		other, err := t.tx.First(info.Table, tokenSecretHashIndex.name, tok.GetSecretHash())
 		if err != nil {
 			return nil, fmt.Errorf("reading tokens by secret hash: %w", err)
 		}
-		if other != nil && resourceID(other.(Resource)) != key {
+		if other != nil && resourceID(other.(Resource)) != string(key) {
 			return nil, fmt.Errorf("%w: another token has the secret hash of %s",
 				ErrAlreadyExists, describe(info, ns, name))
 		}
@@ -100,33 +217,80 @@ func (t *Txn) Upsert(w *meshfedv1.ResourceWrite) (Resource, error) {
 	// schema bug.
 	meta.Name = name
 	meta.Namespace = ns
-	meta.Version = t.idx
-	// w is decoded per command and never stored, but clone anyway: the
-	// stored object must not share a mutable message with the caller.
-	var now *timestamppb.Timestamp
-	if w.GetTime() != nil {
-		now = proto.Clone(w.GetTime()).(*timestamppb.Timestamp)
-	}
-	meta.UpdateTime = now
-	if existing != nil {
-		// Sharing create_time with the existing object is safe: stored
-		// objects are immutable.
-		meta.CreateVersion = existing.GetMeta().GetCreateVersion()
-		meta.CreateTime = existing.GetMeta().GetCreateTime()
-	} else {
-		meta.CreateVersion = t.idx
-		meta.CreateTime = now
-	}
 	if wl, ok := obj.(*meshfedv1.Workload); ok {
-		t.shareWorkloadFields(wl, existing)
+		old, _ := existing.(*meshfedv1.Workload)
+		shareWorkloadFields(wl, t.workloadSibling(old, ns, wl.GetService()))
 	}
-	if err := t.tx.Insert(info.Table, obj); err != nil {
-		return nil, fmt.Errorf("storing %s: %w", describe(info, ns, name), err)
-	}
-	if err := setIndex(t.tx, info.Table, t.idx); err != nil {
+	return t.store(info, w, obj, existing, key, stamps{})
+}
+
+// upsertWorkload is Upsert of a workload whose payload parseWorkload took
+// and whose key is the write's.
+func (t *Txn) upsertWorkload(info KindInfo, w *meshfedv1.ResourceWrite, p *workloadPayload) (Resource, error) {
+	ns, name := w.GetNamespace(), w.GetName()
+	key := idKeyBytes(ns, name)
+	existing, err := t.current(info, ns, name, key)
+	if err != nil {
 		return nil, err
 	}
+	if err := checkConditions(info, ns, name, existing, w); err != nil {
+		return nil, err
+	}
+	old, _ := existing.(*meshfedv1.Workload)
+	sib := old
+	if old == nil || !p.serviceIs(old.GetService()) {
+		sib = t.workloadSibling(old, ns, string(p.service))
+	}
+	obj, st := p.build(ns, name, sib, existing != nil)
+	return t.store(info, w, obj, existing, key, st)
+}
+
+// stamps are Timestamps allocated with an object for store to fill, nil
+// for store to allocate.
+type stamps struct{ update, create *timestamppb.Timestamp }
+
+// store stores obj, whose conditions hold, in place of existing: it sets
+// the versions and times of its meta (whose key is set), and updates the
+// indexes.
+func (t *Txn) store(info KindInfo, w *meshfedv1.ResourceWrite, obj, existing Resource, key []byte, st stamps) (Resource, error) {
+	meta := obj.GetMeta()
+	meta.Version = t.idx
+	// The times are copies: w is the caller's, and pointing at the
+	// existing object's create_time would keep alive all that was
+	// allocated with it.
+	meta.UpdateTime = copyTime(st.update, w.GetTime())
+	if existing != nil {
+		meta.CreateVersion = existing.GetMeta().GetCreateVersion()
+		meta.CreateTime = copyTime(st.create, existing.GetMeta().GetCreateTime())
+	} else {
+		meta.CreateVersion = t.idx
+		meta.CreateTime = meta.UpdateTime
+	}
+	t.db.keys.set(obj, existing, key)
+	if err := t.tx.Insert(info.Table, obj); err != nil {
+		return nil, fmt.Errorf("storing %s: %w", describe(info, meta.GetNamespace(), meta.GetName()), err)
+	}
+	if wl, ok := obj.(*meshfedv1.Workload); ok {
+		old, _ := existing.(*meshfedv1.Workload)
+		t.regroupWorkload(old, wl)
+	}
+	t.wrote(info, meta.GetNamespace(), meta.GetName(), obj)
 	return obj, nil
+}
+
+// copyTime returns a copy of ts, in slot if it is not nil; nil for nil.
+func copyTime(slot, ts *timestamppb.Timestamp) *timestamppb.Timestamp {
+	if ts == nil {
+		return nil
+	}
+	if len(ts.ProtoReflect().GetUnknown()) != 0 {
+		return proto.Clone(ts).(*timestamppb.Timestamp)
+	}
+	if slot == nil {
+		slot = new(timestamppb.Timestamp)
+	}
+	slot.Seconds, slot.Nanos = ts.GetSeconds(), ts.GetNanos()
+	return slot
 }
 
 // Delete removes the resource named by w and returns it. It fails, changing
@@ -141,23 +305,25 @@ func (t *Txn) Delete(w *meshfedv1.ResourceWrite) (Resource, error) {
 	if err != nil {
 		return nil, err
 	}
-	raw, err := t.tx.First(info.Table, indexIDName, idKey(ns, name))
+	key := idKeyBytes(ns, name)
+	existing, err := t.current(info, ns, name, key)
 	if err != nil {
-		return nil, fmt.Errorf("reading %s: %w", describe(info, ns, name), err)
+		return nil, err
 	}
-	if raw == nil {
+	if existing == nil {
 		return nil, fmt.Errorf("%w: %s", ErrNotFound, describe(info, ns, name))
 	}
-	existing := raw.(Resource)
 	if err := checkVersion(info, ns, name, existing, w.GetExpectedVersion()); err != nil {
 		return nil, err
 	}
+	t.db.keys.set(existing, nil, key)
 	if err := t.tx.Delete(info.Table, existing); err != nil {
 		return nil, fmt.Errorf("deleting %s: %w", describe(info, ns, name), err)
 	}
-	if err := setIndex(t.tx, info.Table, t.idx); err != nil {
-		return nil, err
+	if old, ok := existing.(*meshfedv1.Workload); ok {
+		t.regroupWorkload(old, nil)
 	}
+	t.wrote(info, ns, name, nil)
 	return existing, nil
 }
 
