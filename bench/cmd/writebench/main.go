@@ -278,6 +278,17 @@ func printMemory(m *memResult, size int) {
 	} else {
 		fmt.Printf(row, "go_memstats_heap_inuse_bytes", "n/a", "n/a", "(no /metrics)")
 	}
+	if m.rssSteady > 0 {
+		fmt.Printf("  after the runtime's next GC (%s later; an idle server's steady state):\n", m.gcWait.Round(time.Second))
+		fmt.Printf(row, "VmRSS (settled median)", mibs(m.rssBefore), mibs(m.rssSteady),
+			fmt.Sprintf("%.0f B", float64(m.rssSteady-m.rssBefore)/float64(m.n)))
+		if m.heapSteady >= 0 && m.heapBefore >= 0 {
+			fmt.Printf(row, "go_memstats_heap_inuse_bytes", mibs(m.heapBefore), mibs(m.heapSteady),
+				fmt.Sprintf("%.0f B", float64(m.heapSteady-m.heapBefore)/float64(m.n)))
+		}
+	} else {
+		fmt.Println("  (no GC cycle within 150 s after the fill: steady state not measured)")
+	}
 	fmt.Println("  (target: under 1024 B per workload above an empty server)")
 }
 

@@ -19,6 +19,11 @@ type memResult struct {
 	n                     int
 	rssBefore, rssAfter   int64
 	heapBefore, heapAfter int64 // -1 when /metrics is not readable
+	// After the Go runtime's next collection following the fill (it forces
+	// one at least every two minutes): the steady state of an idle server,
+	// without the garbage the fill itself left. Zero when not measured.
+	rssSteady, heapSteady int64
+	gcWait                time.Duration
 	loadTime              time.Duration
 	errors                int
 	firstErr              error
@@ -102,7 +107,37 @@ func measureMemory(ctx context.Context, ps *procs, bin, dir string, n int, value
 		return nil, err
 	}
 	r.heapAfter = heapInuse(ctx, s.httpAd, caPEM, token)
+
+	waitStart := time.Now()
+	if waitNextGC(ctx, s.httpAd, caPEM, token, 150*time.Second) {
+		r.gcWait = time.Since(waitStart)
+		if r.rssSteady, err = settledRSS(ctx, s.p); err != nil {
+			return nil, err
+		}
+		r.heapSteady = heapInuse(ctx, s.httpAd, caPEM, token)
+	}
 	return r, nil
+}
+
+// waitNextGC polls go_memstats_last_gc_time_seconds until it moves, and
+// reports whether it did before timeout.
+func waitNextGC(ctx context.Context, addr string, caPEM []byte, token string, timeout time.Duration) bool {
+	first := metricValue(ctx, addr, caPEM, token, "go_memstats_last_gc_time_seconds")
+	if first < 0 {
+		return false
+	}
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(time.Second):
+		}
+		if v := metricValue(ctx, addr, caPEM, token, "go_memstats_last_gc_time_seconds"); v > first {
+			return true
+		}
+	}
+	return false
 }
 
 // settledRSS samples every 500 ms until the last five samples lie within 1%
@@ -141,6 +176,11 @@ func settledRSS(ctx context.Context, p *proc) (int64, error) {
 // heapInuse reads go_memstats_heap_inuse_bytes from the server's /metrics,
 // over TLS if the HTTP port speaks it; -1 if the figure is not to be had.
 func heapInuse(ctx context.Context, addr string, caPEM []byte, token string) int64 {
+	return metricValue(ctx, addr, caPEM, token, "go_memstats_heap_inuse_bytes")
+}
+
+// metricValue reads one gauge from the server's /metrics; -1 if it cannot.
+func metricValue(ctx context.Context, addr string, caPEM []byte, token, name string) int64 {
 	cfg, err := meshfedTLS(caPEM)
 	if err != nil {
 		return -1
@@ -157,7 +197,7 @@ func heapInuse(ctx context.Context, addr string, caPEM []byte, token string) int
 		if err != nil {
 			continue
 		}
-		v := parseMetric(resp.Body, "go_memstats_heap_inuse_bytes")
+		v := parseMetric(resp.Body, name)
 		resp.Body.Close()
 		if v >= 0 {
 			return v
