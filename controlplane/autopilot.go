@@ -142,6 +142,15 @@ func (d *autopilotDelegate) KnownServers() map[raft.ServerID]*autopilot.Server {
 			NodeType: autopilot.NodeVoter,
 		}
 	}
+	// Forget servers that left the configuration: one that is removed and
+	// later rejoins starts with a full period again, instead of counting as
+	// failed since before its removal.
+	for id := range d.lastSeen {
+		if _, ok := out[id]; !ok {
+			delete(d.lastSeen, id)
+			delete(d.last, id)
+		}
+	}
 	return out
 }
 

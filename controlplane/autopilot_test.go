@@ -65,6 +65,13 @@ func TestDeadServerIsRemovedAndRejoinsWithItsCertificate(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	waitReady(t, back, 30*time.Second)
+	// It stays: autopilot must not count it as failed from before its
+	// removal. Watch for longer than the cleanup delay plus a reconcile.
+	for end := time.Now().Add(8 * time.Second); time.Now().Before(end); time.Sleep(200 * time.Millisecond) {
+		if !raftServers(t, c.leader(t))[raft.ServerID(dead.cfg.NodeID)] {
+			t.Fatal("the rejoined server was removed again")
+		}
+	}
 	if _, err := c.client(t, back).Catalog.CreateService(context.Background(), &meshfedv1.CreateServiceRequest{Service: svc("after-rejoin", 80)}); err != nil {
 		t.Fatalf("write through the rejoined server: %v", err)
 	}
