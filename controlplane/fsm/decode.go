@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	meshfedv1 "github.com/meshfed/meshfed/api/meshfed/v1"
+	"github.com/meshfed/meshfed/internal/protowalk"
 )
 
 // writeDecoder decodes the ResourceWrite bodies of a batch's commands into
@@ -45,51 +46,36 @@ func (d *writeDecoder) decode(t MessageType, body []byte, index uint64) *meshfed
 func (d *writeDecoder) decodeFast(b []byte) bool {
 	d.w = meshfedv1.ResourceWrite{}
 	w := &d.w
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
+	for f, ok := range protowalk.Fields(b) {
+		if !ok {
 			return false
 		}
-		b = b[n:]
-		if typ == protowire.VarintType {
-			v, n := protowire.ConsumeVarint(b)
-			if n < 0 {
-				return false
-			}
-			b = b[n:]
-			switch num {
+		if f.Type == protowire.VarintType {
+			switch f.Num {
 			case 1:
-				w.Kind = meshfedv1.ResourceKind(int32(v))
+				w.Kind = meshfedv1.ResourceKind(int32(f.Varint))
 			case 5:
-				w.ExpectedVersion = v
+				w.ExpectedVersion = f.Varint
 			case 6:
-				w.MustNotExist = v != 0
+				w.MustNotExist = f.Varint != 0
 			case 7:
-				w.MustExist = v != 0
+				w.MustExist = f.Varint != 0
 			default:
 				return false
 			}
 			continue
 		}
-		if typ != protowire.BytesType {
-			return false
-		}
-		v, n := protowire.ConsumeBytes(b)
-		if n < 0 {
-			return false
-		}
-		b = b[n:]
-		switch num {
+		switch f.Num {
 		case 2:
-			w.Payload = v
+			w.Payload = f.Bytes
 		case 3, 4:
-			if !utf8.Valid(v) {
+			if !utf8.Valid(f.Bytes) {
 				return false
 			}
-			if num == 3 {
-				w.Namespace = d.namespace(v)
+			if f.Num == 3 {
+				w.Namespace = d.namespace(f.Bytes)
 			} else {
-				w.Name = string(v)
+				w.Name = string(f.Bytes)
 			}
 		case 8:
 			// A repeated message field merges into the first.
@@ -97,7 +83,7 @@ func (d *writeDecoder) decodeFast(b []byte) bool {
 				d.ts = timestamppb.Timestamp{}
 				w.Time = &d.ts
 			}
-			if !decodeTimestamp(v, w.Time) {
+			if !decodeTimestamp(f.Bytes, w.Time) {
 				return false
 			}
 		default:
@@ -108,22 +94,15 @@ func (d *writeDecoder) decodeFast(b []byte) bool {
 }
 
 func decodeTimestamp(b []byte, ts *timestamppb.Timestamp) bool {
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 || typ != protowire.VarintType {
+	for f, ok := range protowalk.Fields(b) {
+		if !ok || f.Type != protowire.VarintType {
 			return false
 		}
-		b = b[n:]
-		v, n := protowire.ConsumeVarint(b)
-		if n < 0 {
-			return false
-		}
-		b = b[n:]
-		switch num {
+		switch f.Num {
 		case 1:
-			ts.Seconds = int64(v)
+			ts.Seconds = int64(f.Varint)
 		case 2:
-			ts.Nanos = int32(v)
+			ts.Nanos = int32(f.Varint)
 		default:
 			return false
 		}

@@ -8,6 +8,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	meshfedv1 "github.com/meshfed/meshfed/api/meshfed/v1"
+	"github.com/meshfed/meshfed/internal/protowalk"
 )
 
 // Workloads are most of the writes, and most workload writes change little
@@ -40,37 +41,23 @@ type workloadPayload struct {
 // parseWorkload parses b, and reports false for anything the fast path
 // does not take.
 func parseWorkload(b []byte) (p workloadPayload, ok bool) {
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
+	for f, ok := range protowalk.Fields(b) {
+		if !ok {
 			return p, false
 		}
-		b = b[n:]
-		if typ == protowire.VarintType {
-			v, n := protowire.ConsumeVarint(b)
-			if n < 0 {
-				return p, false
-			}
-			b = b[n:]
-			switch num {
+		if f.Type == protowire.VarintType {
+			switch f.Num {
 			case 4:
-				p.port = uint32(v)
+				p.port = uint32(f.Varint)
 			case 6:
-				p.health = int32(v)
+				p.health = int32(f.Varint)
 			default:
 				return p, false
 			}
 			continue
 		}
-		if typ != protowire.BytesType {
-			return p, false
-		}
-		v, n := protowire.ConsumeBytes(b)
-		if n < 0 {
-			return p, false
-		}
-		b = b[n:]
-		switch num {
+		v := f.Bytes
+		switch f.Num {
 		case 1:
 			if p.hasMeta || !p.parseMeta(v) {
 				return p, false
@@ -85,7 +72,7 @@ func parseWorkload(b []byte) (p workloadPayload, ok bool) {
 			if !utf8.Valid(v) {
 				return p, false
 			}
-			switch num {
+			switch f.Num {
 			case 2:
 				p.service = v
 			case 3:
@@ -103,33 +90,26 @@ func parseWorkload(b []byte) (p workloadPayload, ok bool) {
 }
 
 func (p *workloadPayload) parseMeta(b []byte) bool {
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 || typ != protowire.BytesType {
+	for f, ok := range protowalk.Fields(b) {
+		if !ok || f.Type != protowire.BytesType {
 			return false
 		}
-		b = b[n:]
-		v, n := protowire.ConsumeBytes(b)
-		if n < 0 {
-			return false
-		}
-		b = b[n:]
-		switch num {
+		switch f.Num {
 		case 1, 2, 8:
-			if !utf8.Valid(v) {
+			if !utf8.Valid(f.Bytes) {
 				return false
 			}
-			switch num {
+			switch f.Num {
 			case 1:
-				p.name = v
+				p.name = f.Bytes
 			case 2:
-				p.namespace = v
+				p.namespace = f.Bytes
 			default:
-				p.peer = v
+				p.peer = f.Bytes
 			}
 		case 5:
 			var k, val []byte
-			if !parseStrings(v, &k, &val) {
+			if !parseStrings(f.Bytes, &k, &val) {
 				return false
 			}
 			p.labels++
@@ -144,21 +124,14 @@ func (p *workloadPayload) parseMeta(b []byte) bool {
 // parseStrings parses a message of two string fields, numbered 1 and 2
 // (a Locality, a map entry), into *one and *two.
 func parseStrings(b []byte, one, two *[]byte) bool {
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 || typ != protowire.BytesType || (num != 1 && num != 2) {
+	for f, ok := range protowalk.Fields(b) {
+		if !ok || f.Type != protowire.BytesType || (f.Num != 1 && f.Num != 2) || !utf8.Valid(f.Bytes) {
 			return false
 		}
-		b = b[n:]
-		v, n := protowire.ConsumeBytes(b)
-		if n < 0 || !utf8.Valid(v) {
-			return false
-		}
-		b = b[n:]
-		if num == 1 {
-			*one = v
+		if f.Num == 1 {
+			*one = f.Bytes
 		} else {
-			*two = v
+			*two = f.Bytes
 		}
 	}
 	return true
@@ -166,14 +139,10 @@ func parseStrings(b []byte, one, two *[]byte) bool {
 
 // eachLabel calls fn on the label entries of a parsed payload, in order.
 func (p *workloadPayload) eachLabel(fn func(k, v []byte)) {
-	for b := p.meta; len(b) > 0; {
-		num, _, n := protowire.ConsumeTag(b)
-		b = b[n:]
-		v, n := protowire.ConsumeBytes(b)
-		b = b[n:]
-		if num == 5 {
+	for f := range protowalk.Fields(p.meta) {
+		if f.Num == 5 {
 			var k, val []byte
-			parseStrings(v, &k, &val)
+			parseStrings(f.Bytes, &k, &val)
 			fn(k, val)
 		}
 	}
