@@ -23,7 +23,6 @@ func (s *Server) startHTTP() error {
 	if err != nil {
 		return fmt.Errorf("listening for HTTP on %s: %w", s.cfg.HTTPAddr, err)
 	}
-	s.httpLn = ln
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "node": s.cfg.NodeID})

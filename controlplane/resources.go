@@ -249,9 +249,5 @@ func watchResources[T state.Resource](ctx context.Context, s *Server, kind meshf
 // setMeta sets the meta field every resource message has.
 func setMeta(r state.Resource, m *meshfedv1.Meta) {
 	pr := r.ProtoReflect()
-	pr.Set(pr.Descriptor().Fields().ByName("meta"), protoreflectValueOf(m))
-}
-
-func protoreflectValueOf(m *meshfedv1.Meta) protoreflect.Value {
-	return protoreflect.ValueOfMessage(m.ProtoReflect())
+	pr.Set(pr.Descriptor().Fields().ByName("meta"), protoreflect.ValueOfMessage(m.ProtoReflect()))
 }

@@ -33,7 +33,6 @@ func (s *Server) startAPI() error {
 	if err != nil {
 		return fmt.Errorf("listening for the API on %s: %w", s.cfg.APIAddr, err)
 	}
-	s.apiLn = ln
 	s.grpc = grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(tlsutil.APIServer(s.tls))),
 		grpc.MaxRecvMsgSize(client.MaxMessageSize),

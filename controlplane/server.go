@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -46,9 +45,7 @@ type Server struct {
 	id  *serverIdentity
 
 	grpc    *grpc.Server
-	apiLn   net.Listener
 	http    *http.Server
-	httpLn  net.Listener
 	metrics *apiMetrics
 
 	fwd       *forwarder
@@ -60,9 +57,8 @@ type Server struct {
 	joinedNodes map[string]time.Time
 
 	// ctx lives as long as the server runs.
-	ctx   context.Context
-	ready atomic.Bool
-	wg    sync.WaitGroup
+	ctx context.Context
+	wg  sync.WaitGroup
 }
 
 // New checks the configuration and prepares a server; Run starts it.
@@ -258,7 +254,6 @@ func orDefault(d, def time.Duration) time.Duration {
 }
 
 func (s *Server) shutdown() {
-	s.ready.Store(false)
 	if s.grpc != nil {
 		done := make(chan struct{})
 		go func() { s.grpc.GracefulStop(); close(done) }()

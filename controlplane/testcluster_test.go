@@ -18,7 +18,6 @@ import (
 
 	meshfedv1 "github.com/meshfed/meshfed/api/meshfed/v1"
 	"github.com/meshfed/meshfed/internal/client"
-	"github.com/meshfed/meshfed/internal/tlsutil"
 )
 
 // testServer is one in-process server of a test cluster.
@@ -210,8 +209,6 @@ func (c *testCluster) waitMembers(t testing.TB, n int) {
 	}
 	t.Fatalf("cluster did not reach %d members", n)
 }
-
-var _ = tlsutil.ParseCertificatesPEM
 
 func writeFile(t testing.TB, path string, data []byte) {
 	t.Helper()
