@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -78,13 +79,15 @@ func runLoad(ctx context.Context, targets []Target, conc int, warmup, dur time.D
 			t := targets[w%len(targets)]
 			keys := workerKeys(w)
 			lat := make([]time.Duration, 0, 1<<14)
+			v := append([]byte(nil), value...)
 			for i := 0; ; i++ {
 				t0 := time.Now()
 				if !t0.Before(end) || ctx.Err() != nil {
 					break
 				}
 				wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-				err := t.Write(wctx, keys[i%keySpace], value)
+				stamp(v)
+				err := t.Write(wctx, keys[i%keySpace], v)
 				cancel()
 				t1 := time.Now()
 				if err != nil {
@@ -137,4 +140,23 @@ func median[T int | int64 | float64 | time.Duration](xs []T) T {
 		return s[n/2]
 	}
 	return (s[n/2-1] + s[n/2]) / 2
+}
+
+// writeSeq numbers every write of the run.
+var writeSeq atomic.Uint64
+
+// stamp writes a run-unique sequence number into the start of v, so that
+// no write repeats the value already stored under its key: both systems do
+// a real update every time (meshfed skips writes that change nothing, etcd
+// does not), and the bytes stay label-safe (base 36, lower case).
+func stamp(v []byte) {
+	s := strconv.FormatUint(writeSeq.Add(1), 36)
+	n := min(len(v), 12)
+	for i := range n {
+		v[i] = '0'
+	}
+	if len(s) > n {
+		s = s[len(s)-n:]
+	}
+	copy(v[n-len(s):n], s)
 }
