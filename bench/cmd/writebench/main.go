@@ -220,6 +220,7 @@ func printWrites(cfg config, systems []system, results map[string]map[int][]resu
 	fmt.Printf("Write path: 3 servers as processes on 127.0.0.1, %d cores, GOMAXPROCS of the load generator %d\n", nproc(), runtimeProcs())
 	fmt.Println("  both: TLS on every port (client TLS 1.3; peers mutual TLS), log fsync'd before a write is acknowledged,")
 	fmt.Printf("        writes sent to the leader over min(concurrency, 8) connections, each worker on its own %d keys\n", keySpace)
+	fmt.Println("        every write stores a new value (a run-wide sequence number in the first bytes), so none is a no-op")
 	if etcdVersion != "" {
 		fmt.Printf("  etcd %s: Put, %d-byte key + %d-byte value, default settings\n", etcdVersion, len(workerKeys(0)[0]), etcdValue)
 	}
