@@ -98,14 +98,14 @@ func callerFrom(ctx context.Context) caller {
 // forwardedKey marks a call a follower forwarded, so it is not forwarded again.
 const forwardedKey = "x-meshfed-forwarded"
 
+// isForwarded and bearerToken read single keys: ValueFromIncomingContext
+// does not copy the whole metadata map on every call.
 func isForwarded(ctx context.Context) bool {
-	md, _ := metadata.FromIncomingContext(ctx)
-	return len(md.Get(forwardedKey)) > 0
+	return len(metadata.ValueFromIncomingContext(ctx, forwardedKey)) > 0
 }
 
 func bearerToken(ctx context.Context) string {
-	md, _ := metadata.FromIncomingContext(ctx)
-	for _, v := range md.Get("authorization") {
+	for _, v := range metadata.ValueFromIncomingContext(ctx, "authorization") {
 		// The scheme is case-insensitive (RFC 6750).
 		if len(v) > 7 && strings.EqualFold(v[:7], "bearer ") {
 			return strings.TrimSpace(v[7:])

@@ -3,8 +3,6 @@ package controlplane
 import (
 	"context"
 
-	"google.golang.org/protobuf/proto"
-
 	meshfedv1 "github.com/meshfed/meshfed/api/meshfed/v1"
 	mfid "github.com/meshfed/meshfed/internal/spiffeid"
 )
@@ -51,7 +49,8 @@ func (a *apiServer) CreateWorkload(ctx context.Context, req *meshfedv1.CreateWor
 // withWorkloadIdentity fills an empty spiffe_id with the identity of the
 // workload's service: spiffe://<td>/ns/<namespace>/sa/<service account>,
 // where the service account is the service's, or the service's name when
-// the service is not registered (yet).
+// the service is not registered (yet). It sets the field on w, which the
+// handler owns (a decoded request).
 func (s *Server) withWorkloadIdentity(w *meshfedv1.Workload) *meshfedv1.Workload {
 	if w == nil || w.SpiffeId != "" || w.Service == "" {
 		return w
@@ -67,9 +66,8 @@ func (s *Server) withWorkloadIdentity(w *meshfedv1.Workload) *meshfedv1.Workload
 	if err != nil {
 		return w // validation reports the bad namespace or service
 	}
-	c := proto.Clone(w).(*meshfedv1.Workload)
-	c.SpiffeId = id.String()
-	return c
+	w.SpiffeId = id.String()
+	return w
 }
 
 func (a *apiServer) GetWorkload(_ context.Context, req *meshfedv1.GetRequest) (*meshfedv1.Workload, error) {
