@@ -119,17 +119,8 @@ func (a *apiServer) RestoreSnapshot(stream meshfedv1.ClusterService_RestoreSnaps
 		if err != nil {
 			return err
 		}
-		for {
-			c, err := stream.Recv()
-			if errors.Is(err, io.EOF) {
-				break
-			}
-			if err != nil {
-				return err
-			}
-			if err := up.Send(c); err != nil {
-				return err
-			}
+		if err := recvChunks(stream, up.Send); err != nil {
+			return err
 		}
 		resp, err := up.CloseAndRecv()
 		if err != nil {
@@ -145,37 +136,20 @@ func (a *apiServer) RestoreSnapshot(stream meshfedv1.ClusterService_RestoreSnaps
 	defer os.Remove(f.Name())
 	defer f.Close()
 	var size int64
-	for {
-		c, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return err
-		}
+	err = recvChunks(stream, func(c *meshfedv1.SnapshotChunk) error {
 		size += int64(len(c.Data))
 		if size > maxSnapshotSize {
 			return status.Errorf(codes.InvalidArgument, "snapshot larger than %d bytes", maxSnapshotSize)
 		}
-		if _, err := f.Write(c.Data); err != nil {
-			return toStatus(err)
-		}
-	}
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		_, err := f.Write(c.Data)
 		return toStatus(err)
-	}
-	zr, err := gzip.NewReader(f)
+	})
 	if err != nil {
-		return status.Errorf(codes.InvalidArgument, "not a meshfed snapshot: %v", err)
+		return err
 	}
-	br := bufio.NewReader(zr)
-	line, err := br.ReadBytes('\n')
+	br, hdr, err := openSnapshot(f)
 	if err != nil {
-		return status.Errorf(codes.InvalidArgument, "not a meshfed snapshot: %v", err)
-	}
-	var hdr snapshotHeader
-	if err := json.Unmarshal(line, &hdr); err != nil || hdr.Format != snapshotFormat {
-		return status.Error(codes.InvalidArgument, "not a meshfed snapshot (bad header)")
+		return err
 	}
 	if hdr.Cluster != s.cfg.Cluster || hdr.TrustDomain != s.cfg.TrustDomain {
 		return status.Errorf(codes.FailedPrecondition, "snapshot is of cluster %q (trust domain %q); this is %q (%q)",
@@ -187,16 +161,8 @@ func (a *apiServer) RestoreSnapshot(stream meshfedv1.ClusterService_RestoreSnaps
 	if err := verifySnapshotPayload(counted); err != nil {
 		return status.Errorf(codes.InvalidArgument, "corrupt snapshot: %v", err)
 	}
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return toStatus(err)
-	}
-	zr, err = gzip.NewReader(f)
-	if err != nil {
-		return toStatus(err)
-	}
-	br = bufio.NewReader(zr)
-	if _, err := br.ReadBytes('\n'); err != nil {
-		return toStatus(err)
+	if br, _, err = openSnapshot(f); err != nil {
+		return err
 	}
 	// Raft checks that the size it is told matches what it stores: the
 	// uncompressed payload.
@@ -231,4 +197,44 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.n += int64(n)
 	return n, err
+}
+
+// recvChunks passes every chunk of a client stream to handle until EOF.
+func recvChunks(stream interface {
+	Recv() (*meshfedv1.SnapshotChunk, error)
+}, handle func(*meshfedv1.SnapshotChunk) error) error {
+	for {
+		c, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if err := handle(c); err != nil {
+			return err
+		}
+	}
+}
+
+// openSnapshot reads a snapshot file from its start: it checks the gzip
+// stream and the header line and returns a reader at the state payload.
+func openSnapshot(f *os.File) (*bufio.Reader, snapshotHeader, error) {
+	var hdr snapshotHeader
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return nil, hdr, toStatus(err)
+	}
+	zr, err := gzip.NewReader(f)
+	if err != nil {
+		return nil, hdr, status.Errorf(codes.InvalidArgument, "not a meshfed snapshot: %v", err)
+	}
+	br := bufio.NewReader(zr)
+	line, err := br.ReadBytes('\n')
+	if err != nil {
+		return nil, hdr, status.Errorf(codes.InvalidArgument, "not a meshfed snapshot: %v", err)
+	}
+	if err := json.Unmarshal(line, &hdr); err != nil || hdr.Format != snapshotFormat {
+		return nil, hdr, status.Error(codes.InvalidArgument, "not a meshfed snapshot (bad header)")
+	}
+	return br, hdr, nil
 }
