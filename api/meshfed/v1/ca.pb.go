@@ -293,8 +293,10 @@ type Authority struct {
 	RootNotAfter               *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=root_not_after,json=rootNotAfter,proto3" json:"root_not_after,omitempty"`
 	IntermediateNotAfter       *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=intermediate_not_after,json=intermediateNotAfter,proto3" json:"intermediate_not_after,omitempty"`
 	// True when the root was imported by an operator (plug-in CA).
-	External      bool                   `protobuf:"varint,9,opt,name=external,proto3" json:"external,omitempty"`
-	StateTime     *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=state_time,json=stateTime,proto3" json:"state_time,omitempty"`
+	External  bool                   `protobuf:"varint,9,opt,name=external,proto3" json:"external,omitempty"`
+	StateTime *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=state_time,json=stateTime,proto3" json:"state_time,omitempty"`
+	// Connected bundle watchers whose SVID this authority issued.
+	WatcherSvids  uint32 `protobuf:"varint,11,opt,name=watcher_svids,json=watcherSvids,proto3" json:"watcher_svids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -397,6 +399,13 @@ func (x *Authority) GetStateTime() *timestamppb.Timestamp {
 		return x.StateTime
 	}
 	return nil
+}
+
+func (x *Authority) GetWatcherSvids() uint32 {
+	if x != nil {
+		return x.WatcherSvids
+	}
+	return 0
 }
 
 type CAStatus struct {
@@ -978,7 +987,7 @@ const file_meshfed_v1_ca_proto_rawDesc = "" +
 	"\broot_ttl\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\arootTtl\x12D\n" +
 	"\x10intermediate_ttl\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x0fintermediateTtl\x124\n" +
 	"\bsvid_ttl\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\asvidTtl\x12\x1a\n" +
-	"\brotation\x18\x06 \x01(\tR\brotation\"\x80\x04\n" +
+	"\brotation\x18\x06 \x01(\tR\brotation\"\xa5\x04\n" +
 	"\tAuthority\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x120\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x1a.meshfed.v1.AuthorityStateR\x05state\x12=\n" +
@@ -991,7 +1000,8 @@ const file_meshfed_v1_ca_proto_rawDesc = "" +
 	"\bexternal\x18\t \x01(\bR\bexternal\x129\n" +
 	"\n" +
 	"state_time\x18\n" +
-	" \x01(\v2\x1a.google.protobuf.TimestampR\tstateTime\"\xfb\x01\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\tstateTime\x12#\n" +
+	"\rwatcher_svids\x18\v \x01(\rR\fwatcherSvids\"\xfb\x01\n" +
 	"\bCAStatus\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x127\n" +
 	"\vauthorities\x18\x02 \x03(\v2\x15.meshfed.v1.AuthorityR\vauthorities\x12'\n" +

@@ -801,9 +801,11 @@ func (x *RestoreSnapshotResponse) GetIndex() uint64 {
 
 // ServerStatsRequest is sent by the leader to each server (server identities only).
 type ServerStatsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Count the bundle watchers that acknowledged at least this sequence.
+	BundleSequence uint64 `protobuf:"varint,1,opt,name=bundle_sequence,json=bundleSequence,proto3" json:"bundle_sequence,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *ServerStatsRequest) Reset() {
@@ -836,14 +838,27 @@ func (*ServerStatsRequest) Descriptor() ([]byte, []int) {
 	return file_meshfed_v1_cluster_proto_rawDescGZIP(), []int{12}
 }
 
+func (x *ServerStatsRequest) GetBundleSequence() uint64 {
+	if x != nil {
+		return x.BundleSequence
+	}
+	return 0
+}
+
 type ServerStatsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
-	LastIndex     uint64                 `protobuf:"varint,2,opt,name=last_index,json=lastIndex,proto3" json:"last_index,omitempty"`
-	LastTerm      uint64                 `protobuf:"varint,3,opt,name=last_term,json=lastTerm,proto3" json:"last_term,omitempty"`
-	LastContact   *durationpb.Duration   `protobuf:"bytes,4,opt,name=last_contact,json=lastContact,proto3" json:"last_contact,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	NodeId      string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	LastIndex   uint64                 `protobuf:"varint,2,opt,name=last_index,json=lastIndex,proto3" json:"last_index,omitempty"`
+	LastTerm    uint64                 `protobuf:"varint,3,opt,name=last_term,json=lastTerm,proto3" json:"last_term,omitempty"`
+	LastContact *durationpb.Duration   `protobuf:"bytes,4,opt,name=last_contact,json=lastContact,proto3" json:"last_contact,omitempty"`
+	// Bundle watchers connected to this server.
+	BundleWatchers uint32 `protobuf:"varint,5,opt,name=bundle_watchers,json=bundleWatchers,proto3" json:"bundle_watchers,omitempty"`
+	// Of those, how many acknowledged request.bundle_sequence or later.
+	BundleWatchersCurrent uint32 `protobuf:"varint,6,opt,name=bundle_watchers_current,json=bundleWatchersCurrent,proto3" json:"bundle_watchers_current,omitempty"`
+	// Watchers by the authority that issued the SVID they present.
+	SvidsByAuthority map[string]uint32 `protobuf:"bytes,7,rep,name=svids_by_authority,json=svidsByAuthority,proto3" json:"svids_by_authority,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *ServerStatsResponse) Reset() {
@@ -900,6 +915,27 @@ func (x *ServerStatsResponse) GetLastTerm() uint64 {
 func (x *ServerStatsResponse) GetLastContact() *durationpb.Duration {
 	if x != nil {
 		return x.LastContact
+	}
+	return nil
+}
+
+func (x *ServerStatsResponse) GetBundleWatchers() uint32 {
+	if x != nil {
+		return x.BundleWatchers
+	}
+	return 0
+}
+
+func (x *ServerStatsResponse) GetBundleWatchersCurrent() uint32 {
+	if x != nil {
+		return x.BundleWatchersCurrent
+	}
+	return 0
+}
+
+func (x *ServerStatsResponse) GetSvidsByAuthority() map[string]uint32 {
+	if x != nil {
+		return x.SvidsByAuthority
 	}
 	return nil
 }
@@ -968,14 +1004,21 @@ const file_meshfed_v1_cluster_proto_rawDesc = "" +
 	"\rSnapshotChunk\x12\x12\n" +
 	"\x04data\x18\x01 \x01(\fR\x04data\"/\n" +
 	"\x17RestoreSnapshotResponse\x12\x14\n" +
-	"\x05index\x18\x01 \x01(\x04R\x05index\"\x14\n" +
-	"\x12ServerStatsRequest\"\xa8\x01\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\"=\n" +
+	"\x12ServerStatsRequest\x12'\n" +
+	"\x0fbundle_sequence\x18\x01 \x01(\x04R\x0ebundleSequence\"\xb3\x03\n" +
 	"\x13ServerStatsResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1d\n" +
 	"\n" +
 	"last_index\x18\x02 \x01(\x04R\tlastIndex\x12\x1b\n" +
 	"\tlast_term\x18\x03 \x01(\x04R\blastTerm\x12<\n" +
-	"\flast_contact\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\vlastContact2\xb5\x04\n" +
+	"\flast_contact\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\vlastContact\x12'\n" +
+	"\x0fbundle_watchers\x18\x05 \x01(\rR\x0ebundleWatchers\x126\n" +
+	"\x17bundle_watchers_current\x18\x06 \x01(\rR\x15bundleWatchersCurrent\x12c\n" +
+	"\x12svids_by_authority\x18\a \x03(\v25.meshfed.v1.ServerStatsResponse.SvidsByAuthorityEntryR\x10svidsByAuthority\x1aC\n" +
+	"\x15SvidsByAuthorityEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x012\xb5\x04\n" +
 	"\x0eClusterService\x12R\n" +
 	"\x10GetClusterStatus\x12#.meshfed.v1.GetClusterStatusRequest\x1a\x19.meshfed.v1.ClusterStatus\x12N\n" +
 	"\vListMembers\x12\x1e.meshfed.v1.ListMembersRequest\x1a\x1f.meshfed.v1.ListMembersResponse\x129\n" +
@@ -997,7 +1040,7 @@ func file_meshfed_v1_cluster_proto_rawDescGZIP() []byte {
 	return file_meshfed_v1_cluster_proto_rawDescData
 }
 
-var file_meshfed_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_meshfed_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_meshfed_v1_cluster_proto_goTypes = []any{
 	(*Member)(nil),                  // 0: meshfed.v1.Member
 	(*ClusterStatus)(nil),           // 1: meshfed.v1.ClusterStatus
@@ -1013,33 +1056,35 @@ var file_meshfed_v1_cluster_proto_goTypes = []any{
 	(*RestoreSnapshotResponse)(nil), // 11: meshfed.v1.RestoreSnapshotResponse
 	(*ServerStatsRequest)(nil),      // 12: meshfed.v1.ServerStatsRequest
 	(*ServerStatsResponse)(nil),     // 13: meshfed.v1.ServerStatsResponse
-	(*durationpb.Duration)(nil),     // 14: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),   // 15: google.protobuf.Timestamp
+	nil,                             // 14: meshfed.v1.ServerStatsResponse.SvidsByAuthorityEntry
+	(*durationpb.Duration)(nil),     // 15: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),   // 16: google.protobuf.Timestamp
 }
 var file_meshfed_v1_cluster_proto_depIdxs = []int32{
-	14, // 0: meshfed.v1.Member.last_contact:type_name -> google.protobuf.Duration
-	15, // 1: meshfed.v1.Member.failed_since:type_name -> google.protobuf.Timestamp
+	15, // 0: meshfed.v1.Member.last_contact:type_name -> google.protobuf.Duration
+	16, // 1: meshfed.v1.Member.failed_since:type_name -> google.protobuf.Timestamp
 	0,  // 2: meshfed.v1.ListMembersResponse.members:type_name -> meshfed.v1.Member
-	14, // 3: meshfed.v1.ServerStatsResponse.last_contact:type_name -> google.protobuf.Duration
-	2,  // 4: meshfed.v1.ClusterService.GetClusterStatus:input_type -> meshfed.v1.GetClusterStatusRequest
-	3,  // 5: meshfed.v1.ClusterService.ListMembers:input_type -> meshfed.v1.ListMembersRequest
-	5,  // 6: meshfed.v1.ClusterService.Join:input_type -> meshfed.v1.JoinRequest
-	7,  // 7: meshfed.v1.ClusterService.RemoveMember:input_type -> meshfed.v1.RemoveMemberRequest
-	9,  // 8: meshfed.v1.ClusterService.SaveSnapshot:input_type -> meshfed.v1.SaveSnapshotRequest
-	10, // 9: meshfed.v1.ClusterService.RestoreSnapshot:input_type -> meshfed.v1.SnapshotChunk
-	12, // 10: meshfed.v1.ClusterService.ServerStats:input_type -> meshfed.v1.ServerStatsRequest
-	1,  // 11: meshfed.v1.ClusterService.GetClusterStatus:output_type -> meshfed.v1.ClusterStatus
-	4,  // 12: meshfed.v1.ClusterService.ListMembers:output_type -> meshfed.v1.ListMembersResponse
-	6,  // 13: meshfed.v1.ClusterService.Join:output_type -> meshfed.v1.JoinResponse
-	8,  // 14: meshfed.v1.ClusterService.RemoveMember:output_type -> meshfed.v1.RemoveMemberResponse
-	10, // 15: meshfed.v1.ClusterService.SaveSnapshot:output_type -> meshfed.v1.SnapshotChunk
-	11, // 16: meshfed.v1.ClusterService.RestoreSnapshot:output_type -> meshfed.v1.RestoreSnapshotResponse
-	13, // 17: meshfed.v1.ClusterService.ServerStats:output_type -> meshfed.v1.ServerStatsResponse
-	11, // [11:18] is the sub-list for method output_type
-	4,  // [4:11] is the sub-list for method input_type
-	4,  // [4:4] is the sub-list for extension type_name
-	4,  // [4:4] is the sub-list for extension extendee
-	0,  // [0:4] is the sub-list for field type_name
+	15, // 3: meshfed.v1.ServerStatsResponse.last_contact:type_name -> google.protobuf.Duration
+	14, // 4: meshfed.v1.ServerStatsResponse.svids_by_authority:type_name -> meshfed.v1.ServerStatsResponse.SvidsByAuthorityEntry
+	2,  // 5: meshfed.v1.ClusterService.GetClusterStatus:input_type -> meshfed.v1.GetClusterStatusRequest
+	3,  // 6: meshfed.v1.ClusterService.ListMembers:input_type -> meshfed.v1.ListMembersRequest
+	5,  // 7: meshfed.v1.ClusterService.Join:input_type -> meshfed.v1.JoinRequest
+	7,  // 8: meshfed.v1.ClusterService.RemoveMember:input_type -> meshfed.v1.RemoveMemberRequest
+	9,  // 9: meshfed.v1.ClusterService.SaveSnapshot:input_type -> meshfed.v1.SaveSnapshotRequest
+	10, // 10: meshfed.v1.ClusterService.RestoreSnapshot:input_type -> meshfed.v1.SnapshotChunk
+	12, // 11: meshfed.v1.ClusterService.ServerStats:input_type -> meshfed.v1.ServerStatsRequest
+	1,  // 12: meshfed.v1.ClusterService.GetClusterStatus:output_type -> meshfed.v1.ClusterStatus
+	4,  // 13: meshfed.v1.ClusterService.ListMembers:output_type -> meshfed.v1.ListMembersResponse
+	6,  // 14: meshfed.v1.ClusterService.Join:output_type -> meshfed.v1.JoinResponse
+	8,  // 15: meshfed.v1.ClusterService.RemoveMember:output_type -> meshfed.v1.RemoveMemberResponse
+	10, // 16: meshfed.v1.ClusterService.SaveSnapshot:output_type -> meshfed.v1.SnapshotChunk
+	11, // 17: meshfed.v1.ClusterService.RestoreSnapshot:output_type -> meshfed.v1.RestoreSnapshotResponse
+	13, // 18: meshfed.v1.ClusterService.ServerStats:output_type -> meshfed.v1.ServerStatsResponse
+	12, // [12:19] is the sub-list for method output_type
+	5,  // [5:12] is the sub-list for method input_type
+	5,  // [5:5] is the sub-list for extension type_name
+	5,  // [5:5] is the sub-list for extension extendee
+	0,  // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_meshfed_v1_cluster_proto_init() }
@@ -1053,7 +1098,7 @@ func file_meshfed_v1_cluster_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshfed_v1_cluster_proto_rawDesc), len(file_meshfed_v1_cluster_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   14,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

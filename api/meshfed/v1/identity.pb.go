@@ -271,7 +271,10 @@ type AttestRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Secret of a workload-join token.
 	Token string `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
-	// PKCS#10 CSR (DER). Its only SAN must be the token's SPIFFE ID.
+	// PKCS#10 CSR (DER). It may carry no SAN at all (the server fills in the
+	// token's SPIFFE ID) or exactly one URI SAN equal to the token's SPIFFE ID.
+	// DNS SANs are allowed only when the identity registration lists them. A
+	// CSR that asks for a CA certificate is refused.
 	Csr           []byte `protobuf:"bytes,2,opt,name=csr,proto3" json:"csr,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -321,7 +324,9 @@ func (x *AttestRequest) GetCsr() []byte {
 	return nil
 }
 
-// RenewRequest is sent over mTLS with the workload's current SVID.
+// RenewRequest is sent over mTLS with the workload's current SVID as the
+// client certificate. The CSR follows the rules of AttestRequest.csr for the
+// SVID's SPIFFE ID.
 type RenewRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Csr           []byte                 `protobuf:"bytes,1,opt,name=csr,proto3" json:"csr,omitempty"`
@@ -374,8 +379,10 @@ type SVIDResponse struct {
 	// The trust domain's roots, PEM.
 	BundlePem        string         `protobuf:"bytes,3,opt,name=bundle_pem,json=bundlePem,proto3" json:"bundle_pem,omitempty"`
 	FederatedBundles []*TrustBundle `protobuf:"bytes,4,rep,name=federated_bundles,json=federatedBundles,proto3" json:"federated_bundles,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The authority that issued the SVID.
+	AuthorityId   string `protobuf:"bytes,5,opt,name=authority_id,json=authorityId,proto3" json:"authority_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SVIDResponse) Reset() {
@@ -436,10 +443,26 @@ func (x *SVIDResponse) GetFederatedBundles() []*TrustBundle {
 	return nil
 }
 
+func (x *SVIDResponse) GetAuthorityId() string {
+	if x != nil {
+		return x.AuthorityId
+	}
+	return ""
+}
+
+// WatchBundleRequest is what a watcher sends on its WatchBundle stream: once
+// to open it (empty), then after applying each WatchBundleResponse, to
+// acknowledge it. Rotation waits for these acknowledgements before it
+// switches issuance, and before it retires a root.
 type WatchBundleRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The bundle sequence the watcher now trusts.
+	AckSequence uint64 `protobuf:"varint,1,opt,name=ack_sequence,json=ackSequence,proto3" json:"ack_sequence,omitempty"`
+	// The authority that issued the SVID the watcher now presents (from
+	// SVIDResponse.authority_id); empty if it holds none.
+	SvidAuthorityId string `protobuf:"bytes,2,opt,name=svid_authority_id,json=svidAuthorityId,proto3" json:"svid_authority_id,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *WatchBundleRequest) Reset() {
@@ -472,12 +495,30 @@ func (*WatchBundleRequest) Descriptor() ([]byte, []int) {
 	return file_meshfed_v1_identity_proto_rawDescGZIP(), []int{7}
 }
 
+func (x *WatchBundleRequest) GetAckSequence() uint64 {
+	if x != nil {
+		return x.AckSequence
+	}
+	return 0
+}
+
+func (x *WatchBundleRequest) GetSvidAuthorityId() string {
+	if x != nil {
+		return x.SvidAuthorityId
+	}
+	return ""
+}
+
 type WatchBundleResponse struct {
 	state            protoimpl.MessageState `protogen:"open.v1"`
 	Bundle           *TrustBundle           `protobuf:"bytes,1,opt,name=bundle,proto3" json:"bundle,omitempty"`
 	FederatedBundles []*TrustBundle         `protobuf:"bytes,2,rep,name=federated_bundles,json=federatedBundles,proto3" json:"federated_bundles,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The authority that signs new SVIDs. A watcher whose SVID came from
+	// another authority should renew soon (with jitter), so that the old root
+	// can be retired.
+	ActiveAuthorityId string `protobuf:"bytes,3,opt,name=active_authority_id,json=activeAuthorityId,proto3" json:"active_authority_id,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *WatchBundleResponse) Reset() {
@@ -524,84 +565,11 @@ func (x *WatchBundleResponse) GetFederatedBundles() []*TrustBundle {
 	return nil
 }
 
-type AckBundleRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Sequence      uint64                 `protobuf:"varint,1,opt,name=sequence,proto3" json:"sequence,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *AckBundleRequest) Reset() {
-	*x = AckBundleRequest{}
-	mi := &file_meshfed_v1_identity_proto_msgTypes[9]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *AckBundleRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*AckBundleRequest) ProtoMessage() {}
-
-func (x *AckBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_v1_identity_proto_msgTypes[9]
+func (x *WatchBundleResponse) GetActiveAuthorityId() string {
 	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
+		return x.ActiveAuthorityId
 	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use AckBundleRequest.ProtoReflect.Descriptor instead.
-func (*AckBundleRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_v1_identity_proto_rawDescGZIP(), []int{9}
-}
-
-func (x *AckBundleRequest) GetSequence() uint64 {
-	if x != nil {
-		return x.Sequence
-	}
-	return 0
-}
-
-type AckBundleResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *AckBundleResponse) Reset() {
-	*x = AckBundleResponse{}
-	mi := &file_meshfed_v1_identity_proto_msgTypes[10]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *AckBundleResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*AckBundleResponse) ProtoMessage() {}
-
-func (x *AckBundleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_v1_identity_proto_msgTypes[10]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use AckBundleResponse.ProtoReflect.Descriptor instead.
-func (*AckBundleResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_v1_identity_proto_rawDescGZIP(), []int{10}
+	return ""
 }
 
 var File_meshfed_v1_identity_proto protoreflect.FileDescriptor
@@ -632,30 +600,31 @@ const file_meshfed_v1_identity_proto_rawDesc = "" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x10\n" +
 	"\x03csr\x18\x02 \x01(\fR\x03csr\" \n" +
 	"\fRenewRequest\x12\x10\n" +
-	"\x03csr\x18\x01 \x01(\fR\x03csr\"\xc4\x01\n" +
+	"\x03csr\x18\x01 \x01(\fR\x03csr\"\xe7\x01\n" +
 	"\fSVIDResponse\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x122\n" +
 	"\x15certificate_chain_pem\x18\x02 \x01(\tR\x13certificateChainPem\x12\x1d\n" +
 	"\n" +
 	"bundle_pem\x18\x03 \x01(\tR\tbundlePem\x12D\n" +
-	"\x11federated_bundles\x18\x04 \x03(\v2\x17.meshfed.v1.TrustBundleR\x10federatedBundles\"\x14\n" +
-	"\x12WatchBundleRequest\"\x8c\x01\n" +
+	"\x11federated_bundles\x18\x04 \x03(\v2\x17.meshfed.v1.TrustBundleR\x10federatedBundles\x12!\n" +
+	"\fauthority_id\x18\x05 \x01(\tR\vauthorityId\"c\n" +
+	"\x12WatchBundleRequest\x12!\n" +
+	"\fack_sequence\x18\x01 \x01(\x04R\vackSequence\x12*\n" +
+	"\x11svid_authority_id\x18\x02 \x01(\tR\x0fsvidAuthorityId\"\xbc\x01\n" +
 	"\x13WatchBundleResponse\x12/\n" +
 	"\x06bundle\x18\x01 \x01(\v2\x17.meshfed.v1.TrustBundleR\x06bundle\x12D\n" +
-	"\x11federated_bundles\x18\x02 \x03(\v2\x17.meshfed.v1.TrustBundleR\x10federatedBundles\".\n" +
-	"\x10AckBundleRequest\x12\x1a\n" +
-	"\bsequence\x18\x01 \x01(\x04R\bsequence\"\x13\n" +
-	"\x11AckBundleResponse2\xfc\x02\n" +
+	"\x11federated_bundles\x18\x02 \x03(\v2\x17.meshfed.v1.TrustBundleR\x10federatedBundles\x12.\n" +
+	"\x13active_authority_id\x18\x03 \x01(\tR\x11activeAuthorityId2\xfc\x02\n" +
 	"\x0fIdentityService\x12I\n" +
 	"\x0eCreateIdentity\x12!.meshfed.v1.CreateIdentityRequest\x1a\x14.meshfed.v1.Identity\x12;\n" +
 	"\vGetIdentity\x12\x16.meshfed.v1.GetRequest\x1a\x14.meshfed.v1.Identity\x12M\n" +
 	"\x0eListIdentities\x12\x17.meshfed.v1.ListRequest\x1a\".meshfed.v1.ListIdentitiesResponse\x12I\n" +
 	"\x0eUpdateIdentity\x12!.meshfed.v1.UpdateIdentityRequest\x1a\x14.meshfed.v1.Identity\x12G\n" +
-	"\x0eDeleteIdentity\x12\x19.meshfed.v1.DeleteRequest\x1a\x1a.meshfed.v1.DeleteResponse2\xe7\x01\n" +
+	"\x0eDeleteIdentity\x12\x19.meshfed.v1.DeleteRequest\x1a\x1a.meshfed.v1.DeleteResponse2\xe9\x01\n" +
 	"\x17WorkloadIdentityService\x12=\n" +
 	"\x06Attest\x12\x19.meshfed.v1.AttestRequest\x1a\x18.meshfed.v1.SVIDResponse\x12;\n" +
-	"\x05Renew\x12\x18.meshfed.v1.RenewRequest\x1a\x18.meshfed.v1.SVIDResponse\x12P\n" +
-	"\vWatchBundle\x12\x1e.meshfed.v1.WatchBundleRequest\x1a\x1f.meshfed.v1.WatchBundleResponse0\x01B5Z3github.com/meshfed/meshfed/api/meshfed/v1;meshfedv1b\x06proto3"
+	"\x05Renew\x12\x18.meshfed.v1.RenewRequest\x1a\x18.meshfed.v1.SVIDResponse\x12R\n" +
+	"\vWatchBundle\x12\x1e.meshfed.v1.WatchBundleRequest\x1a\x1f.meshfed.v1.WatchBundleResponse(\x010\x01B5Z3github.com/meshfed/meshfed/api/meshfed/v1;meshfedv1b\x06proto3"
 
 var (
 	file_meshfed_v1_identity_proto_rawDescOnce sync.Once
@@ -669,7 +638,7 @@ func file_meshfed_v1_identity_proto_rawDescGZIP() []byte {
 	return file_meshfed_v1_identity_proto_rawDescData
 }
 
-var file_meshfed_v1_identity_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_meshfed_v1_identity_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_meshfed_v1_identity_proto_goTypes = []any{
 	(*Identity)(nil),               // 0: meshfed.v1.Identity
 	(*CreateIdentityRequest)(nil),  // 1: meshfed.v1.CreateIdentityRequest
@@ -680,30 +649,28 @@ var file_meshfed_v1_identity_proto_goTypes = []any{
 	(*SVIDResponse)(nil),           // 6: meshfed.v1.SVIDResponse
 	(*WatchBundleRequest)(nil),     // 7: meshfed.v1.WatchBundleRequest
 	(*WatchBundleResponse)(nil),    // 8: meshfed.v1.WatchBundleResponse
-	(*AckBundleRequest)(nil),       // 9: meshfed.v1.AckBundleRequest
-	(*AckBundleResponse)(nil),      // 10: meshfed.v1.AckBundleResponse
-	(*Meta)(nil),                   // 11: meshfed.v1.Meta
-	(*durationpb.Duration)(nil),    // 12: google.protobuf.Duration
-	(*TrustBundle)(nil),            // 13: meshfed.v1.TrustBundle
-	(*GetRequest)(nil),             // 14: meshfed.v1.GetRequest
-	(*ListRequest)(nil),            // 15: meshfed.v1.ListRequest
-	(*DeleteRequest)(nil),          // 16: meshfed.v1.DeleteRequest
-	(*DeleteResponse)(nil),         // 17: meshfed.v1.DeleteResponse
+	(*Meta)(nil),                   // 9: meshfed.v1.Meta
+	(*durationpb.Duration)(nil),    // 10: google.protobuf.Duration
+	(*TrustBundle)(nil),            // 11: meshfed.v1.TrustBundle
+	(*GetRequest)(nil),             // 12: meshfed.v1.GetRequest
+	(*ListRequest)(nil),            // 13: meshfed.v1.ListRequest
+	(*DeleteRequest)(nil),          // 14: meshfed.v1.DeleteRequest
+	(*DeleteResponse)(nil),         // 15: meshfed.v1.DeleteResponse
 }
 var file_meshfed_v1_identity_proto_depIdxs = []int32{
-	11, // 0: meshfed.v1.Identity.meta:type_name -> meshfed.v1.Meta
-	12, // 1: meshfed.v1.Identity.svid_ttl:type_name -> google.protobuf.Duration
+	9,  // 0: meshfed.v1.Identity.meta:type_name -> meshfed.v1.Meta
+	10, // 1: meshfed.v1.Identity.svid_ttl:type_name -> google.protobuf.Duration
 	0,  // 2: meshfed.v1.CreateIdentityRequest.identity:type_name -> meshfed.v1.Identity
 	0,  // 3: meshfed.v1.UpdateIdentityRequest.identity:type_name -> meshfed.v1.Identity
 	0,  // 4: meshfed.v1.ListIdentitiesResponse.identities:type_name -> meshfed.v1.Identity
-	13, // 5: meshfed.v1.SVIDResponse.federated_bundles:type_name -> meshfed.v1.TrustBundle
-	13, // 6: meshfed.v1.WatchBundleResponse.bundle:type_name -> meshfed.v1.TrustBundle
-	13, // 7: meshfed.v1.WatchBundleResponse.federated_bundles:type_name -> meshfed.v1.TrustBundle
+	11, // 5: meshfed.v1.SVIDResponse.federated_bundles:type_name -> meshfed.v1.TrustBundle
+	11, // 6: meshfed.v1.WatchBundleResponse.bundle:type_name -> meshfed.v1.TrustBundle
+	11, // 7: meshfed.v1.WatchBundleResponse.federated_bundles:type_name -> meshfed.v1.TrustBundle
 	1,  // 8: meshfed.v1.IdentityService.CreateIdentity:input_type -> meshfed.v1.CreateIdentityRequest
-	14, // 9: meshfed.v1.IdentityService.GetIdentity:input_type -> meshfed.v1.GetRequest
-	15, // 10: meshfed.v1.IdentityService.ListIdentities:input_type -> meshfed.v1.ListRequest
+	12, // 9: meshfed.v1.IdentityService.GetIdentity:input_type -> meshfed.v1.GetRequest
+	13, // 10: meshfed.v1.IdentityService.ListIdentities:input_type -> meshfed.v1.ListRequest
 	2,  // 11: meshfed.v1.IdentityService.UpdateIdentity:input_type -> meshfed.v1.UpdateIdentityRequest
-	16, // 12: meshfed.v1.IdentityService.DeleteIdentity:input_type -> meshfed.v1.DeleteRequest
+	14, // 12: meshfed.v1.IdentityService.DeleteIdentity:input_type -> meshfed.v1.DeleteRequest
 	4,  // 13: meshfed.v1.WorkloadIdentityService.Attest:input_type -> meshfed.v1.AttestRequest
 	5,  // 14: meshfed.v1.WorkloadIdentityService.Renew:input_type -> meshfed.v1.RenewRequest
 	7,  // 15: meshfed.v1.WorkloadIdentityService.WatchBundle:input_type -> meshfed.v1.WatchBundleRequest
@@ -711,7 +678,7 @@ var file_meshfed_v1_identity_proto_depIdxs = []int32{
 	0,  // 17: meshfed.v1.IdentityService.GetIdentity:output_type -> meshfed.v1.Identity
 	3,  // 18: meshfed.v1.IdentityService.ListIdentities:output_type -> meshfed.v1.ListIdentitiesResponse
 	0,  // 19: meshfed.v1.IdentityService.UpdateIdentity:output_type -> meshfed.v1.Identity
-	17, // 20: meshfed.v1.IdentityService.DeleteIdentity:output_type -> meshfed.v1.DeleteResponse
+	15, // 20: meshfed.v1.IdentityService.DeleteIdentity:output_type -> meshfed.v1.DeleteResponse
 	6,  // 21: meshfed.v1.WorkloadIdentityService.Attest:output_type -> meshfed.v1.SVIDResponse
 	6,  // 22: meshfed.v1.WorkloadIdentityService.Renew:output_type -> meshfed.v1.SVIDResponse
 	8,  // 23: meshfed.v1.WorkloadIdentityService.WatchBundle:output_type -> meshfed.v1.WatchBundleResponse
@@ -735,7 +702,7 @@ func file_meshfed_v1_identity_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshfed_v1_identity_proto_rawDesc), len(file_meshfed_v1_identity_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   11,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -288,9 +288,13 @@ const (
 //
 // WorkloadIdentityService issues SVIDs to workloads.
 type WorkloadIdentityServiceClient interface {
+	// Attest exchanges a workload-join token and a CSR for an SVID.
 	Attest(ctx context.Context, in *AttestRequest, opts ...grpc.CallOption) (*SVIDResponse, error)
+	// Renew issues a new SVID for the SPIFFE ID of the client certificate.
 	Renew(ctx context.Context, in *RenewRequest, opts ...grpc.CallOption) (*SVIDResponse, error)
-	WatchBundle(ctx context.Context, in *WatchBundleRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchBundleResponse], error)
+	// WatchBundle sends the trust bundle now and on every change; the watcher
+	// acknowledges each one it applied.
+	WatchBundle(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[WatchBundleRequest, WatchBundleResponse], error)
 }
 
 type workloadIdentityServiceClient struct {
@@ -321,24 +325,18 @@ func (c *workloadIdentityServiceClient) Renew(ctx context.Context, in *RenewRequ
 	return out, nil
 }
 
-func (c *workloadIdentityServiceClient) WatchBundle(ctx context.Context, in *WatchBundleRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchBundleResponse], error) {
+func (c *workloadIdentityServiceClient) WatchBundle(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[WatchBundleRequest, WatchBundleResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	stream, err := c.cc.NewStream(ctx, &WorkloadIdentityService_ServiceDesc.Streams[0], WorkloadIdentityService_WatchBundle_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
 	x := &grpc.GenericClientStream[WatchBundleRequest, WatchBundleResponse]{ClientStream: stream}
-	if err := x.ClientStream.SendMsg(in); err != nil {
-		return nil, err
-	}
-	if err := x.ClientStream.CloseSend(); err != nil {
-		return nil, err
-	}
 	return x, nil
 }
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
-type WorkloadIdentityService_WatchBundleClient = grpc.ServerStreamingClient[WatchBundleResponse]
+type WorkloadIdentityService_WatchBundleClient = grpc.BidiStreamingClient[WatchBundleRequest, WatchBundleResponse]
 
 // WorkloadIdentityServiceServer is the server API for WorkloadIdentityService service.
 // All implementations must embed UnimplementedWorkloadIdentityServiceServer
@@ -346,9 +344,13 @@ type WorkloadIdentityService_WatchBundleClient = grpc.ServerStreamingClient[Watc
 //
 // WorkloadIdentityService issues SVIDs to workloads.
 type WorkloadIdentityServiceServer interface {
+	// Attest exchanges a workload-join token and a CSR for an SVID.
 	Attest(context.Context, *AttestRequest) (*SVIDResponse, error)
+	// Renew issues a new SVID for the SPIFFE ID of the client certificate.
 	Renew(context.Context, *RenewRequest) (*SVIDResponse, error)
-	WatchBundle(*WatchBundleRequest, grpc.ServerStreamingServer[WatchBundleResponse]) error
+	// WatchBundle sends the trust bundle now and on every change; the watcher
+	// acknowledges each one it applied.
+	WatchBundle(grpc.BidiStreamingServer[WatchBundleRequest, WatchBundleResponse]) error
 	mustEmbedUnimplementedWorkloadIdentityServiceServer()
 }
 
@@ -365,7 +367,7 @@ func (UnimplementedWorkloadIdentityServiceServer) Attest(context.Context, *Attes
 func (UnimplementedWorkloadIdentityServiceServer) Renew(context.Context, *RenewRequest) (*SVIDResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Renew not implemented")
 }
-func (UnimplementedWorkloadIdentityServiceServer) WatchBundle(*WatchBundleRequest, grpc.ServerStreamingServer[WatchBundleResponse]) error {
+func (UnimplementedWorkloadIdentityServiceServer) WatchBundle(grpc.BidiStreamingServer[WatchBundleRequest, WatchBundleResponse]) error {
 	return status.Error(codes.Unimplemented, "method WatchBundle not implemented")
 }
 func (UnimplementedWorkloadIdentityServiceServer) mustEmbedUnimplementedWorkloadIdentityServiceServer() {
@@ -427,15 +429,11 @@ func _WorkloadIdentityService_Renew_Handler(srv interface{}, ctx context.Context
 }
 
 func _WorkloadIdentityService_WatchBundle_Handler(srv interface{}, stream grpc.ServerStream) error {
-	m := new(WatchBundleRequest)
-	if err := stream.RecvMsg(m); err != nil {
-		return err
-	}
-	return srv.(WorkloadIdentityServiceServer).WatchBundle(m, &grpc.GenericServerStream[WatchBundleRequest, WatchBundleResponse]{ServerStream: stream})
+	return srv.(WorkloadIdentityServiceServer).WatchBundle(&grpc.GenericServerStream[WatchBundleRequest, WatchBundleResponse]{ServerStream: stream})
 }
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
-type WorkloadIdentityService_WatchBundleServer = grpc.ServerStreamingServer[WatchBundleResponse]
+type WorkloadIdentityService_WatchBundleServer = grpc.BidiStreamingServer[WatchBundleRequest, WatchBundleResponse]
 
 // WorkloadIdentityService_ServiceDesc is the grpc.ServiceDesc for WorkloadIdentityService service.
 // It's only intended for direct use with grpc.RegisterService,
@@ -458,6 +456,7 @@ var WorkloadIdentityService_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "WatchBundle",
 			Handler:       _WorkloadIdentityService_WatchBundle_Handler,
 			ServerStreams: true,
+			ClientStreams: true,
 		},
 	},
 	Metadata: "meshfed/v1/identity.proto",

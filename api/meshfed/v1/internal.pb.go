@@ -128,6 +128,52 @@ func (x *ResourceWrite) GetTime() *timestamppb.Timestamp {
 	return nil
 }
 
+// ResourceWriteBatch is the body of the batch Raft command: every write
+// applies, or none does.
+type ResourceWriteBatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Writes        []*ResourceWrite       `protobuf:"bytes,1,rep,name=writes,proto3" json:"writes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResourceWriteBatch) Reset() {
+	*x = ResourceWriteBatch{}
+	mi := &file_meshfed_v1_internal_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResourceWriteBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResourceWriteBatch) ProtoMessage() {}
+
+func (x *ResourceWriteBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_v1_internal_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResourceWriteBatch.ProtoReflect.Descriptor instead.
+func (*ResourceWriteBatch) Descriptor() ([]byte, []int) {
+	return file_meshfed_v1_internal_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ResourceWriteBatch) GetWrites() []*ResourceWrite {
+	if x != nil {
+		return x.Writes
+	}
+	return nil
+}
+
 // StoredAuthority is an authority with its private keys (PKCS#8 DER).
 type StoredAuthority struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -142,7 +188,7 @@ type StoredAuthority struct {
 
 func (x *StoredAuthority) Reset() {
 	*x = StoredAuthority{}
-	mi := &file_meshfed_v1_internal_proto_msgTypes[1]
+	mi := &file_meshfed_v1_internal_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -154,7 +200,7 @@ func (x *StoredAuthority) String() string {
 func (*StoredAuthority) ProtoMessage() {}
 
 func (x *StoredAuthority) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_v1_internal_proto_msgTypes[1]
+	mi := &file_meshfed_v1_internal_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -167,7 +213,7 @@ func (x *StoredAuthority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoredAuthority.ProtoReflect.Descriptor instead.
 func (*StoredAuthority) Descriptor() ([]byte, []int) {
-	return file_meshfed_v1_internal_proto_rawDescGZIP(), []int{1}
+	return file_meshfed_v1_internal_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *StoredAuthority) GetMeta() *Meta {
@@ -212,7 +258,7 @@ type ServerRecord struct {
 
 func (x *ServerRecord) Reset() {
 	*x = ServerRecord{}
-	mi := &file_meshfed_v1_internal_proto_msgTypes[2]
+	mi := &file_meshfed_v1_internal_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -224,7 +270,7 @@ func (x *ServerRecord) String() string {
 func (*ServerRecord) ProtoMessage() {}
 
 func (x *ServerRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_v1_internal_proto_msgTypes[2]
+	mi := &file_meshfed_v1_internal_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -237,7 +283,7 @@ func (x *ServerRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerRecord.ProtoReflect.Descriptor instead.
 func (*ServerRecord) Descriptor() ([]byte, []int) {
-	return file_meshfed_v1_internal_proto_rawDescGZIP(), []int{2}
+	return file_meshfed_v1_internal_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ServerRecord) GetMeta() *Meta {
@@ -280,7 +326,7 @@ type ClusterRecord struct {
 
 func (x *ClusterRecord) Reset() {
 	*x = ClusterRecord{}
-	mi := &file_meshfed_v1_internal_proto_msgTypes[3]
+	mi := &file_meshfed_v1_internal_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -292,7 +338,7 @@ func (x *ClusterRecord) String() string {
 func (*ClusterRecord) ProtoMessage() {}
 
 func (x *ClusterRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_v1_internal_proto_msgTypes[3]
+	mi := &file_meshfed_v1_internal_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -305,7 +351,7 @@ func (x *ClusterRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterRecord.ProtoReflect.Descriptor instead.
 func (*ClusterRecord) Descriptor() ([]byte, []int) {
-	return file_meshfed_v1_internal_proto_rawDescGZIP(), []int{3}
+	return file_meshfed_v1_internal_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ClusterRecord) GetMeta() *Meta {
@@ -342,7 +388,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_meshfed_v1_internal_proto_msgTypes[4]
+	mi := &file_meshfed_v1_internal_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -354,7 +400,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_v1_internal_proto_msgTypes[4]
+	mi := &file_meshfed_v1_internal_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -367,7 +413,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_meshfed_v1_internal_proto_rawDescGZIP(), []int{4}
+	return file_meshfed_v1_internal_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SnapshotHeader) GetFormat() uint32 {
@@ -409,7 +455,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_meshfed_v1_internal_proto_msgTypes[5]
+	mi := &file_meshfed_v1_internal_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -421,7 +467,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_v1_internal_proto_msgTypes[5]
+	mi := &file_meshfed_v1_internal_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -434,7 +480,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_meshfed_v1_internal_proto_rawDescGZIP(), []int{5}
+	return file_meshfed_v1_internal_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *SnapshotRecord) GetKind() ResourceKind {
@@ -466,7 +512,9 @@ const file_meshfed_v1_internal_proto_rawDesc = "" +
 	"\x0emust_not_exist\x18\x06 \x01(\bR\fmustNotExist\x12\x1d\n" +
 	"\n" +
 	"must_exist\x18\a \x01(\bR\tmustExist\x12.\n" +
-	"\x04time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"\xb2\x01\n" +
+	"\x04time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"G\n" +
+	"\x12ResourceWriteBatch\x121\n" +
+	"\x06writes\x18\x01 \x03(\v2\x19.meshfed.v1.ResourceWriteR\x06writes\"\xb2\x01\n" +
 	"\x0fStoredAuthority\x12$\n" +
 	"\x04meta\x18\x01 \x01(\v2\x10.meshfed.v1.MetaR\x04meta\x123\n" +
 	"\tauthority\x18\x02 \x01(\v2\x15.meshfed.v1.AuthorityR\tauthority\x12\x19\n" +
@@ -502,32 +550,34 @@ func file_meshfed_v1_internal_proto_rawDescGZIP() []byte {
 	return file_meshfed_v1_internal_proto_rawDescData
 }
 
-var file_meshfed_v1_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_meshfed_v1_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_meshfed_v1_internal_proto_goTypes = []any{
 	(*ResourceWrite)(nil),         // 0: meshfed.v1.ResourceWrite
-	(*StoredAuthority)(nil),       // 1: meshfed.v1.StoredAuthority
-	(*ServerRecord)(nil),          // 2: meshfed.v1.ServerRecord
-	(*ClusterRecord)(nil),         // 3: meshfed.v1.ClusterRecord
-	(*SnapshotHeader)(nil),        // 4: meshfed.v1.SnapshotHeader
-	(*SnapshotRecord)(nil),        // 5: meshfed.v1.SnapshotRecord
-	(ResourceKind)(0),             // 6: meshfed.v1.ResourceKind
-	(*timestamppb.Timestamp)(nil), // 7: google.protobuf.Timestamp
-	(*Meta)(nil),                  // 8: meshfed.v1.Meta
-	(*Authority)(nil),             // 9: meshfed.v1.Authority
+	(*ResourceWriteBatch)(nil),    // 1: meshfed.v1.ResourceWriteBatch
+	(*StoredAuthority)(nil),       // 2: meshfed.v1.StoredAuthority
+	(*ServerRecord)(nil),          // 3: meshfed.v1.ServerRecord
+	(*ClusterRecord)(nil),         // 4: meshfed.v1.ClusterRecord
+	(*SnapshotHeader)(nil),        // 5: meshfed.v1.SnapshotHeader
+	(*SnapshotRecord)(nil),        // 6: meshfed.v1.SnapshotRecord
+	(ResourceKind)(0),             // 7: meshfed.v1.ResourceKind
+	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
+	(*Meta)(nil),                  // 9: meshfed.v1.Meta
+	(*Authority)(nil),             // 10: meshfed.v1.Authority
 }
 var file_meshfed_v1_internal_proto_depIdxs = []int32{
-	6, // 0: meshfed.v1.ResourceWrite.kind:type_name -> meshfed.v1.ResourceKind
-	7, // 1: meshfed.v1.ResourceWrite.time:type_name -> google.protobuf.Timestamp
-	8, // 2: meshfed.v1.StoredAuthority.meta:type_name -> meshfed.v1.Meta
-	9, // 3: meshfed.v1.StoredAuthority.authority:type_name -> meshfed.v1.Authority
-	8, // 4: meshfed.v1.ServerRecord.meta:type_name -> meshfed.v1.Meta
-	8, // 5: meshfed.v1.ClusterRecord.meta:type_name -> meshfed.v1.Meta
-	6, // 6: meshfed.v1.SnapshotRecord.kind:type_name -> meshfed.v1.ResourceKind
-	7, // [7:7] is the sub-list for method output_type
-	7, // [7:7] is the sub-list for method input_type
-	7, // [7:7] is the sub-list for extension type_name
-	7, // [7:7] is the sub-list for extension extendee
-	0, // [0:7] is the sub-list for field type_name
+	7,  // 0: meshfed.v1.ResourceWrite.kind:type_name -> meshfed.v1.ResourceKind
+	8,  // 1: meshfed.v1.ResourceWrite.time:type_name -> google.protobuf.Timestamp
+	0,  // 2: meshfed.v1.ResourceWriteBatch.writes:type_name -> meshfed.v1.ResourceWrite
+	9,  // 3: meshfed.v1.StoredAuthority.meta:type_name -> meshfed.v1.Meta
+	10, // 4: meshfed.v1.StoredAuthority.authority:type_name -> meshfed.v1.Authority
+	9,  // 5: meshfed.v1.ServerRecord.meta:type_name -> meshfed.v1.Meta
+	9,  // 6: meshfed.v1.ClusterRecord.meta:type_name -> meshfed.v1.Meta
+	7,  // 7: meshfed.v1.SnapshotRecord.kind:type_name -> meshfed.v1.ResourceKind
+	8,  // [8:8] is the sub-list for method output_type
+	8,  // [8:8] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_meshfed_v1_internal_proto_init() }
@@ -543,7 +593,7 @@ func file_meshfed_v1_internal_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshfed_v1_internal_proto_rawDesc), len(file_meshfed_v1_internal_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   6,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
