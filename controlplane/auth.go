@@ -34,6 +34,12 @@ const (
 	permServer
 	// permWorkload: workload-join tokens or workload SVIDs.
 	permWorkload
+	// permSelf: the handler authenticates the caller itself (a token in the
+	// request body, or the TLS client certificate).
+	permSelf
+	// permBundle: anyone who may see the trust bundle: an SVID of this trust
+	// domain (workload or server), or an admin or read token.
+	permBundle
 )
 
 // forwardMode says when a method must run on the leader.
@@ -68,7 +74,14 @@ func policyFor(fullMethod string) methodPolicy {
 		// Snapshots hold CA keys and token hashes: admin only. The handlers
 		// forward the streams themselves.
 		return methodPolicy{permWrite, fwdNever}
-	case svc == "meshfed.v1.WorkloadIdentityService" || svc == "meshfed.v1.PeerStreamService":
+	case svc == "meshfed.v1.WorkloadIdentityService" && m == "Attest":
+		// Attest may spend a use of its token: a Raft write.
+		return methodPolicy{permSelf, fwdAlways}
+	case svc == "meshfed.v1.WorkloadIdentityService" && m == "Renew":
+		return methodPolicy{permSelf, fwdNever}
+	case svc == "meshfed.v1.WorkloadIdentityService" && m == "WatchBundle":
+		return methodPolicy{permBundle, fwdNever}
+	case svc == "meshfed.v1.PeerStreamService":
 		return methodPolicy{permWorkload, fwdNever}
 	case strings.HasPrefix(m, "Watch"):
 		return methodPolicy{permRead, fwdNever}
@@ -182,6 +195,19 @@ func (s *Server) authenticate(ctx context.Context, full string, pol methodPolicy
 	case permWorkload:
 		if c.token != nil || c.serverID != "" {
 			return c, nil
+		}
+	case permSelf:
+		return c, nil
+	case permBundle:
+		if kind == meshfedv1.TokenKind_TOKEN_KIND_ADMIN || kind == meshfedv1.TokenKind_TOKEN_KIND_READ {
+			return c, nil
+		}
+		if c.token == nil {
+			if certs := peerCertificates(ctx); len(certs) > 0 {
+				if id, err := x509svid.IDFromCert(certs[0]); err == nil && id.MemberOf(s.td) {
+					return c, nil
+				}
+			}
 		}
 	}
 	return deny()

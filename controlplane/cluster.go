@@ -121,9 +121,10 @@ func (a *apiServer) RemoveMember(ctx context.Context, req *meshfedv1.RemoveMembe
 	return &meshfedv1.RemoveMemberResponse{}, nil
 }
 
-func (a *apiServer) ServerStats(context.Context, *meshfedv1.ServerStatsRequest) (*meshfedv1.ServerStatsResponse, error) {
+func (a *apiServer) ServerStats(_ context.Context, req *meshfedv1.ServerStatsRequest) (*meshfedv1.ServerStatsResponse, error) {
 	s := a.s
 	resp := &meshfedv1.ServerStatsResponse{NodeId: s.cfg.NodeID, LastIndex: s.raft.LastIndex()}
+	resp.BundleWatchers, resp.BundleWatchersCurrent, resp.SvidsByAuthority = s.watchers.stats(req.GetBundleSequence())
 	if t, err := strconv.ParseUint(s.raft.Stats()["last_log_term"], 10, 64); err == nil {
 		resp.LastTerm = t
 	}

@@ -20,6 +20,8 @@ type apiMetrics struct {
 	requests *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
 	streams  *prometheus.GaugeVec
+
+	svidsIssued     prometheus.Counter
 }
 
 // raftSinkOnce installs the go-metrics sink that Raft reports through. Raft
@@ -45,7 +47,10 @@ func newAPIMetrics() *apiMetrics {
 			Name: "meshfed_api_open_streams", Help: "Open streaming API calls (watches) by method.",
 		}, []string{"method"}),
 	}
-	reg.MustRegister(m.requests, m.latency, m.streams,
+	m.svidsIssued = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "meshfed_ca_svids_issued_total", Help: "Workload SVIDs signed by this server (attestations and renewals).",
+	})
+	reg.MustRegister(m.requests, m.latency, m.streams, m.svidsIssued,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	raftSinkOnce.Do(func() {
 		sink, err := gmprom.NewPrometheusSinkFrom(gmprom.PrometheusOpts{Expiration: time.Minute, Registerer: prometheus.NewRegistry()})

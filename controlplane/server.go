@@ -56,6 +56,13 @@ type Server struct {
 	joinMu      sync.Mutex
 	joinedNodes map[string]time.Time
 
+	// identities caches identity registrations by SPIFFE ID for issuance.
+	identities identityIndex
+	// watchers are the bundle watchers connected to this server.
+	watchers *bundleWatchers
+	// renewChecks caches which authority a renewing client's SVID chains to.
+	renewChecks svidCheckCache
+
 	// ctx lives as long as the server runs.
 	ctx context.Context
 	wg  sync.WaitGroup
@@ -86,6 +93,7 @@ func New(cfg Config) (*Server, error) {
 		log:         cfg.Logger.With("node", cfg.NodeID),
 		td:          td,
 		joinedNodes: map[string]time.Time{},
+		watchers:    newBundleWatchers(),
 	}, nil
 }
 

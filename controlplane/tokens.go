@@ -2,8 +2,11 @@ package controlplane
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -43,6 +46,11 @@ func (a *apiServer) CreateToken(ctx context.Context, req *meshfedv1.CreateTokenR
 			ttl = defaultJoinTokenTTL
 		}
 	}
+	if req.GetKind() == meshfedv1.TokenKind_TOKEN_KIND_WORKLOAD_JOIN && req.GetSpiffeId() != "" {
+		if err := a.s.checkWorkloadID(req.GetSpiffeId()); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "invalid spiffe_id: %v", err)
+		}
+	}
 	secret, hash, err := newSecret()
 	if err != nil {
 		return nil, toStatus(err)
@@ -69,6 +77,22 @@ func (a *apiServer) CreateToken(ctx context.Context, req *meshfedv1.CreateTokenR
 	out = redact(out)
 	out.Secret = secret
 	return out, nil
+}
+
+// checkWorkloadID reports whether id can be a workload's identity here: a
+// SPIFFE ID of this trust domain outside the servers' reserved path.
+func (s *Server) checkWorkloadID(id string) error {
+	sid, err := spiffeid.FromString(id)
+	if err != nil {
+		return err
+	}
+	if !sid.MemberOf(s.td) {
+		return fmt.Errorf("%q is not in this cluster's trust domain %q", id, s.td)
+	}
+	if strings.HasPrefix(sid.Path(), "/meshfed/") {
+		return fmt.Errorf("%q is in the path reserved for meshfed servers", id)
+	}
+	return nil
 }
 
 func (a *apiServer) GetToken(_ context.Context, req *meshfedv1.GetRequest) (*meshfedv1.Token, error) {
