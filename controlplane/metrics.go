@@ -21,7 +21,7 @@ type apiMetrics struct {
 	latency  *prometheus.HistogramVec
 	streams  *prometheus.GaugeVec
 
-	svidsIssued     prometheus.Counter
+	svidsIssued prometheus.Counter
 }
 
 // raftSinkOnce installs the go-metrics sink that Raft reports through. Raft
