@@ -84,6 +84,9 @@ type state struct {
 	chain  []*x509.Certificate
 	signer crypto.Signer
 	roots  []*x509.Certificate
+	// issuers maps the subject key ID of each authority's current
+	// intermediate to the authority's ID.
+	issuers map[string]string
 }
 
 // New returns a CA that cannot sign until SetAuthorities is called.
@@ -165,9 +168,20 @@ func (c *CA) ActiveID() string {
 	return s.activeID
 }
 
+// AuthorityOf returns the ID of the authority whose current intermediate
+// issued leaf, or "" when none of the installed ones did (an older
+// intermediate, or a retired authority).
+func (c *CA) AuthorityOf(leaf *x509.Certificate) string {
+	s := c.cur.Load()
+	if s == nil || len(leaf.AuthorityKeyId) == 0 {
+		return ""
+	}
+	return s.issuers[string(leaf.AuthorityKeyId)]
+}
+
 // newState parses and checks every authority that is not retired.
 func newState(auths []*meshfedv1.StoredAuthority) (*state, error) {
-	s := &state{}
+	s := &state{issuers: map[string]string{}}
 	seen := make(map[string]bool, len(auths))
 	for i, sa := range auths {
 		a := sa.GetAuthority()
@@ -198,6 +212,9 @@ func newState(auths []*meshfedv1.StoredAuthority) (*state, error) {
 			return nil, fmt.Errorf("%w: authority %q: %w", ErrInvalidAuthority, id, err)
 		}
 		s.roots = append(s.roots, p.root)
+		if skid := p.chain[0].SubjectKeyId; len(skid) > 0 {
+			s.issuers[string(skid)] = id
+		}
 
 		if a.GetState() != meshfedv1.AuthorityState_AUTHORITY_STATE_ACTIVE {
 			continue

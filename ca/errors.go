@@ -34,6 +34,11 @@ var (
 	// SignParams is out of range; the message names the field.
 	ErrInvalidParams = errors.New("invalid parameters")
 
+	// ErrRotationState is returned when a rotation step does not fit where
+	// the authorities are: activating with nothing prepared, preparing
+	// while an old authority still waits to retire.
+	ErrRotationState = errors.New("rotation step does not apply")
+
 	// ErrInvalidKey is returned when a private key does not parse as PKCS#8.
 	ErrInvalidKey = errors.New("invalid private key")
 )

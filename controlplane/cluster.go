@@ -125,6 +125,7 @@ func (a *apiServer) ServerStats(_ context.Context, req *meshfedv1.ServerStatsReq
 	s := a.s
 	resp := &meshfedv1.ServerStatsResponse{NodeId: s.cfg.NodeID, LastIndex: s.raft.LastIndex()}
 	resp.BundleWatchers, resp.BundleWatchersCurrent, resp.SvidsByAuthority = s.watchers.stats(req.GetBundleSequence())
+	resp.CertificateAuthorityId = s.ownCertAuthority()
 	if t, err := strconv.ParseUint(s.raft.Stats()["last_log_term"], 10, 64); err == nil {
 		resp.LastTerm = t
 	}

@@ -227,6 +227,13 @@ func (id *serverIdentity) sync(items []state.Resource) {
 	if foreign && foreignFor > foreignRootGrace {
 		renew = true
 	}
+	// After a rotation activates a new authority (or the intermediate is
+	// renewed), move to a certificate of the signing intermediate at once,
+	// so that the old root can be retired. The old root stays trusted
+	// until then, so no peer refuses either certificate meanwhile.
+	if len(chain) > 0 && id.s.ca.AuthorityOf(chain[0]) != id.s.ca.ActiveID() && !foreign {
+		renew = true
+	}
 	if renew {
 		if err := id.signLocally(); err != nil {
 			id.s.log.Error("renewing server certificate", "error", err)

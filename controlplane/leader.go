@@ -199,8 +199,12 @@ func (s *Server) renewIntermediates(ctx context.Context) {
 	if err != nil {
 		return
 	}
+	auths := make([]*meshfedv1.StoredAuthority, 0, len(items))
 	for _, it := range items {
-		a := it.(*meshfedv1.StoredAuthority)
+		auths = append(auths, it.(*meshfedv1.StoredAuthority))
+	}
+	rot, _ := ca.RotationOf(auths)
+	for _, a := range auths {
 		if a.GetAuthority().GetState() != meshfedv1.AuthorityState_AUTHORITY_STATE_ACTIVE || len(a.GetRootKey()) == 0 {
 			continue
 		}
@@ -208,10 +212,18 @@ func (s *Server) renewIntermediates(ctx context.Context) {
 		if err != nil || !due {
 			continue
 		}
-		next, err := ca.RenewIntermediate(a, s.td, s.cfg.intermediateTTL, time.Now())
+		next, err := ca.RenewIntermediate(a, s.td, s.intermediateTTL(), time.Now())
 		if err != nil {
 			s.log.Error("renewing intermediate", "authority", a.GetAuthority().GetId(), "error", err)
 			continue
+		}
+		// In the middle of a rotation, leaves must keep verifying against
+		// the retiring root: cross-sign the new intermediate again.
+		if rot.Retiring != nil && len(rot.Retiring.GetRootKey()) > 0 {
+			if err := ca.CrossSign(next, rot.Retiring, time.Now()); err != nil {
+				s.log.Error("cross-signing renewed intermediate", "authority", a.GetAuthority().GetId(), "error", err)
+				continue
+			}
 		}
 		stripServerMeta(next.Meta)
 		payload, err := proto.Marshal(next)

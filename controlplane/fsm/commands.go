@@ -17,6 +17,9 @@ const (
 	UpsertResourceType MessageType = 1
 	// DeleteResourceType deletes a resource; the body is a ResourceWrite.
 	DeleteResourceType MessageType = 2
+	// BatchWriteType applies several writes atomically; the body is a
+	// ResourceWriteBatch.
+	BatchWriteType MessageType = 3
 )
 
 func (t MessageType) String() string {
@@ -25,6 +28,8 @@ func (t MessageType) String() string {
 		return "UpsertResource"
 	case DeleteResourceType:
 		return "DeleteResource"
+	case BatchWriteType:
+		return "BatchWrite"
 	default:
 		return fmt.Sprintf("MessageType(%d)", uint8(t))
 	}

@@ -9,6 +9,9 @@ import (
 	"log/slog"
 
 	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/proto"
+
+	meshfedv1 "github.com/meshfed/meshfed/api/meshfed/v1"
 
 	"github.com/meshfed/meshfed/controlplane/state"
 )
@@ -73,6 +76,7 @@ type applyFunc func(tx *state.Txn, d *writeDecoder, body []byte, index uint64) *
 var commands = map[MessageType]applyFunc{
 	UpsertResourceType: applyUpsert,
 	DeleteResourceType: applyDelete,
+	BatchWriteType:     applyBatch,
 }
 
 // Apply applies one log. Raft uses ApplyBatch instead; Apply exists for
@@ -133,6 +137,37 @@ func applyDelete(tx *state.Txn, d *writeDecoder, body []byte, index uint64) *Res
 	w := d.decode(DeleteResourceType, body, index)
 	r, err := tx.Delete(w)
 	return &Result{Index: index, Resource: r, Err: err}
+}
+
+// applyBatch checks every write of the batch against the state before the
+// batch, then applies them all; its
+// Result carries the last write's resource. A write that passed its check
+// cannot fail short of a malformed payload, which, like an undecodable
+// command, is a bug of the proposer: the store cannot undo the writes
+// before it, so the FSM stops rather than apply half a batch.
+func applyBatch(tx *state.Txn, _ *writeDecoder, body []byte, index uint64) *Result {
+	var b meshfedv1.ResourceWriteBatch
+	if err := proto.Unmarshal(body, &b); err != nil {
+		panic(fmt.Sprintf("fsm: log %d: undecodable %v command: %v", index, BatchWriteType, err))
+	}
+	for _, w := range b.GetWrites() {
+		if err := tx.Check(w); err != nil {
+			return &Result{Index: index, Err: err}
+		}
+	}
+	res := &Result{Index: index}
+	for i, w := range b.GetWrites() {
+		var err error
+		if len(w.GetPayload()) > 0 {
+			res.Resource, err = tx.Upsert(w)
+		} else {
+			res.Resource, err = tx.Delete(w)
+		}
+		if err != nil {
+			panic(fmt.Sprintf("fsm: log %d: write %d of a checked batch failed: %v", index, i, err))
+		}
+	}
+	return res
 }
 
 // Snapshot returns a point-in-time view of the state for Raft to persist

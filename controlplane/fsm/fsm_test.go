@@ -235,3 +235,63 @@ func TestSnapshotPersistFailureCancels(t *testing.T) {
 		t.Errorf("sink closed=%v cancelled=%v, want cancelled", s.closed, s.cancelled)
 	}
 }
+
+// batchLog returns a batch command of upserts (payload) and deletes.
+func batchLog(t *testing.T, index uint64, writes ...*meshfedv1.ResourceWrite) *raft.Log {
+	t.Helper()
+	data, err := Encode(BatchWriteType, &meshfedv1.ResourceWriteBatch{Writes: writes})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &raft.Log{Index: index, Term: 1, Type: raft.LogCommand, Data: data}
+}
+
+func upsertWrite(t *testing.T, s *meshfedv1.Service, expected uint64) *meshfedv1.ResourceWrite {
+	t.Helper()
+	payload, err := proto.Marshal(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &meshfedv1.ResourceWrite{Kind: kindService, Namespace: "default", Name: s.Meta.Name, Payload: payload, ExpectedVersion: expected, Time: timestamppb.Now()}
+}
+
+func TestBatchWriteIsAtomic(t *testing.T) {
+	f := newFSM(t)
+	f.Apply(cmdLog(t, 1, UpsertResourceType, svc("web", 80), nil))
+	f.Apply(cmdLog(t, 2, UpsertResourceType, svc("db", 5432), nil))
+
+	// The second write's expected version is stale: nothing applies.
+	res := f.Apply(batchLog(t, 3, upsertWrite(t, svc("web", 81), 1), upsertWrite(t, svc("db", 5433), 1))).(*Result)
+	if !errors.Is(res.Err, state.ErrVersionMismatch) {
+		t.Fatalf("batch with a stale version: %v", res.Err)
+	}
+	_, web, _ := f.State().Get(nil, kindService, "default", "web")
+	if web.(*meshfedv1.Service).Port != 80 {
+		t.Fatal("a refused batch changed web")
+	}
+
+	// Both conditions hold: both apply at the batch's index, and a delete
+	// rides along.
+	res = f.Apply(batchLog(t, 4, upsertWrite(t, svc("web", 81), 1), upsertWrite(t, svc("api", 8080), 0),
+		&meshfedv1.ResourceWrite{Kind: kindService, Namespace: "default", Name: "db", ExpectedVersion: 2})).(*Result)
+	if res.Err != nil {
+		t.Fatal(res.Err)
+	}
+	_, web, _ = f.State().Get(nil, kindService, "default", "web")
+	_, api, _ := f.State().Get(nil, kindService, "default", "api")
+	_, db, _ := f.State().Get(nil, kindService, "default", "db")
+	if web.(*meshfedv1.Service).Port != 81 || web.GetMeta().GetVersion() != 4 || api == nil || api.GetMeta().GetVersion() != 4 || db != nil {
+		t.Fatalf("after the batch: web=%v api=%v db=%v", web, api, db)
+	}
+
+	// Deleting what does not exist refuses the whole batch.
+	res = f.Apply(batchLog(t, 5, upsertWrite(t, svc("web", 82), 0),
+		&meshfedv1.ResourceWrite{Kind: kindService, Namespace: "default", Name: "db"})).(*Result)
+	if !errors.Is(res.Err, state.ErrNotFound) {
+		t.Fatalf("batch deleting a missing service: %v", res.Err)
+	}
+	_, web, _ = f.State().Get(nil, kindService, "default", "web")
+	if web.(*meshfedv1.Service).Port != 81 {
+		t.Fatal("a refused batch changed web")
+	}
+}

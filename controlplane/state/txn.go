@@ -327,6 +327,35 @@ func (t *Txn) Delete(w *meshfedv1.ResourceWrite) (Resource, error) {
 	return existing, nil
 }
 
+// Check reports whether w would apply (upsert when it has a payload,
+// delete otherwise) without changing anything: its kind is known, it names
+// its resource, and its existence and version conditions hold. The batch
+// command checks every write before applying any.
+func (t *Txn) Check(w *meshfedv1.ResourceWrite) error {
+	info, ok := LookupKind(w.GetKind())
+	if !ok {
+		return fmt.Errorf("%w: %v", ErrUnknownKind, w.GetKind())
+	}
+	ns, name, err := writeKey(info, w.GetNamespace(), w.GetName(), nil)
+	if err != nil {
+		return err
+	}
+	existing, err := t.current(info, ns, name, idKeyBytes(ns, name))
+	if err != nil {
+		return err
+	}
+	if len(w.GetPayload()) == 0 {
+		if existing == nil {
+			return fmt.Errorf("%w: %s", ErrNotFound, describe(info, ns, name))
+		}
+		return checkVersion(info, ns, name, existing, w.GetExpectedVersion())
+	}
+	if w.GetMustExist() && w.GetMustNotExist() {
+		return fmt.Errorf("%w: must_exist and must_not_exist are both set", ErrInvalidWrite)
+	}
+	return checkConditions(info, ns, name, existing, w)
+}
+
 // writeKey returns the namespace and name a write applies to: those of the
 // write, else those of the payload's meta; when both are set they must agree.
 func writeKey(info KindInfo, ns, name string, meta *meshfedv1.Meta) (string, string, error) {

@@ -857,8 +857,11 @@ type ServerStatsResponse struct {
 	BundleWatchersCurrent uint32 `protobuf:"varint,6,opt,name=bundle_watchers_current,json=bundleWatchersCurrent,proto3" json:"bundle_watchers_current,omitempty"`
 	// Watchers by the authority that issued the SVID they present.
 	SvidsByAuthority map[string]uint32 `protobuf:"bytes,7,rep,name=svids_by_authority,json=svidsByAuthority,proto3" json:"svids_by_authority,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The authority that issued this server's own certificate; empty when it
+	// is not the current intermediate of any authority.
+	CertificateAuthorityId string `protobuf:"bytes,8,opt,name=certificate_authority_id,json=certificateAuthorityId,proto3" json:"certificate_authority_id,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
 }
 
 func (x *ServerStatsResponse) Reset() {
@@ -940,6 +943,13 @@ func (x *ServerStatsResponse) GetSvidsByAuthority() map[string]uint32 {
 	return nil
 }
 
+func (x *ServerStatsResponse) GetCertificateAuthorityId() string {
+	if x != nil {
+		return x.CertificateAuthorityId
+	}
+	return ""
+}
+
 var File_meshfed_v1_cluster_proto protoreflect.FileDescriptor
 
 const file_meshfed_v1_cluster_proto_rawDesc = "" +
@@ -1006,7 +1016,7 @@ const file_meshfed_v1_cluster_proto_rawDesc = "" +
 	"\x17RestoreSnapshotResponse\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\"=\n" +
 	"\x12ServerStatsRequest\x12'\n" +
-	"\x0fbundle_sequence\x18\x01 \x01(\x04R\x0ebundleSequence\"\xb3\x03\n" +
+	"\x0fbundle_sequence\x18\x01 \x01(\x04R\x0ebundleSequence\"\xed\x03\n" +
 	"\x13ServerStatsResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1d\n" +
 	"\n" +
@@ -1015,7 +1025,8 @@ const file_meshfed_v1_cluster_proto_rawDesc = "" +
 	"\flast_contact\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\vlastContact\x12'\n" +
 	"\x0fbundle_watchers\x18\x05 \x01(\rR\x0ebundleWatchers\x126\n" +
 	"\x17bundle_watchers_current\x18\x06 \x01(\rR\x15bundleWatchersCurrent\x12c\n" +
-	"\x12svids_by_authority\x18\a \x03(\v25.meshfed.v1.ServerStatsResponse.SvidsByAuthorityEntryR\x10svidsByAuthority\x1aC\n" +
+	"\x12svids_by_authority\x18\a \x03(\v25.meshfed.v1.ServerStatsResponse.SvidsByAuthorityEntryR\x10svidsByAuthority\x128\n" +
+	"\x18certificate_authority_id\x18\b \x01(\tR\x16certificateAuthorityId\x1aC\n" +
 	"\x15SvidsByAuthorityEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x012\xb5\x04\n" +

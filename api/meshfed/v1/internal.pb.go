@@ -129,7 +129,9 @@ func (x *ResourceWrite) GetTime() *timestamppb.Timestamp {
 }
 
 // ResourceWriteBatch is the body of the batch Raft command: every write
-// applies, or none does.
+// applies, or none does. A write with a payload is an upsert, one without a
+// delete; each must name its resource (name, and namespace when the kind is
+// namespaced).
 type ResourceWriteBatch struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Writes        []*ResourceWrite       `protobuf:"bytes,1,rep,name=writes,proto3" json:"writes,omitempty"`
