@@ -130,9 +130,9 @@ func (r Rotation) Activate(now time.Time) (active, retiring *meshfedv1.StoredAut
 	if r.Retiring != nil {
 		return nil, nil, fmt.Errorf("%w: authority %q must be retired first", ErrRotationState, r.Retiring.GetAuthority().GetId())
 	}
-	active = withState(r.Prepared, meshfedv1.AuthorityState_AUTHORITY_STATE_ACTIVE, now)
+	active = stateCopy(r.Prepared, meshfedv1.AuthorityState_AUTHORITY_STATE_ACTIVE, now)
 	if r.Active != nil {
-		retiring = withState(r.Active, meshfedv1.AuthorityState_AUTHORITY_STATE_RETIRING, now)
+		retiring = stateCopy(r.Active, meshfedv1.AuthorityState_AUTHORITY_STATE_RETIRING, now)
 	}
 	return active, retiring, nil
 }
@@ -144,7 +144,7 @@ func (r Rotation) Retire(now time.Time) (active, retired *meshfedv1.StoredAuthor
 	if r.Retiring == nil {
 		return nil, nil, fmt.Errorf("%w: no authority is retiring", ErrRotationState)
 	}
-	retired = withState(r.Retiring, meshfedv1.AuthorityState_AUTHORITY_STATE_RETIRED, now)
+	retired = stateCopy(r.Retiring, meshfedv1.AuthorityState_AUTHORITY_STATE_RETIRED, now)
 	retired.RootKey, retired.IntermediateKey = nil, nil
 	if r.Active != nil {
 		active = proto.Clone(r.Active).(*meshfedv1.StoredAuthority)
@@ -153,7 +153,7 @@ func (r Rotation) Retire(now time.Time) (active, retired *meshfedv1.StoredAuthor
 	return active, retired, nil
 }
 
-func withState(a *meshfedv1.StoredAuthority, st meshfedv1.AuthorityState, now time.Time) *meshfedv1.StoredAuthority {
+func stateCopy(a *meshfedv1.StoredAuthority, st meshfedv1.AuthorityState, now time.Time) *meshfedv1.StoredAuthority {
 	out := proto.Clone(a).(*meshfedv1.StoredAuthority)
 	out.Authority.State = st
 	out.Authority.StateTime = timestamppb.New(now)

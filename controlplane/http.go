@@ -2,6 +2,7 @@ package controlplane
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,14 +11,18 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/federation"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	meshfedv1 "github.com/meshfed/meshfed/api/meshfed/v1"
 	"github.com/meshfed/meshfed/internal/tlsutil"
 )
 
-// startHTTP serves /healthz, /readyz and /metrics over TLS on the HTTP
-// address. They carry no secrets and need no token, so probes and
-// Prometheus can reach them with only the cluster's CA bundle.
+// startHTTP serves /healthz, /readyz, /metrics and the SPIFFE bundle
+// endpoint over TLS on the HTTP address. They carry no secrets and need no
+// token, so probes, Prometheus and federated trust domains can reach them
+// with only the cluster's CA bundle.
 func (s *Server) startHTTP() error {
 	ln, err := net.Listen("tcp", s.cfg.HTTPAddr)
 	if err != nil {
@@ -36,6 +41,12 @@ func (s *Server) startHTTP() error {
 		writeJSON(w, code, map[string]any{"ready": ready, "reason": why, "node": s.cfg.NodeID, "state": s.raft.State().String()})
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
+	bundle, err := federation.NewHandler(s.td, bundleSource{s})
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("SPIFFE bundle endpoint: %w", err)
+	}
+	mux.Handle("GET "+BundleEndpointPath, bundle)
 	tc := tlsutil.APIServer(s.tls)
 	tc.ClientAuth = tls.NoClientCert
 	tc.VerifyPeerCertificate = nil
@@ -46,6 +57,45 @@ func (s *Server) startHTTP() error {
 		}
 	}()
 	return nil
+}
+
+// BundleEndpointPath is where the HTTP address serves the SPIFFE bundle
+// endpoint (federation spec, https_spiffe profile: the server authenticates
+// with its own SVID, spiffe://<td>/meshfed/server/<node-id>).
+const BundleEndpointPath = "/bundle"
+
+// bundleRefreshHint tells federated trust domains how often to poll. It is
+// short so that a root added by a rotation's prepare step reaches them well
+// before the step that signs with it.
+const bundleRefreshHint = time.Minute
+
+// bundleSource serves the trust bundle, with its sequence number, to the
+// federation handler.
+type bundleSource struct{ s *Server }
+
+func (b bundleSource) GetBundleForTrustDomain(td spiffeid.TrustDomain) (*spiffebundle.Bundle, error) {
+	if td != b.s.td {
+		return nil, fmt.Errorf("no bundle for trust domain %q", td)
+	}
+	v, err := b.s.trustBundle(nil)
+	if err != nil {
+		return nil, err
+	}
+	if len(v.roots) == 0 {
+		return nil, errors.New("the cluster has no certificate authority yet")
+	}
+	var roots []*x509.Certificate
+	for _, r := range v.roots {
+		certs, err := tlsutil.ParseCertificatesPEM([]byte(r))
+		if err != nil {
+			return nil, err
+		}
+		roots = append(roots, certs...)
+	}
+	out := spiffebundle.FromX509Authorities(td, roots)
+	out.SetSequenceNumber(v.sequence)
+	out.SetRefreshHint(bundleRefreshHint)
+	return out, nil
 }
 
 // readiness: a server is ready when it knows a leader and has applied the

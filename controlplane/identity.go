@@ -48,6 +48,49 @@ type serverIdentity struct {
 	// our certificate chains to.
 	foreignSince time.Time
 	lastBundle   []byte
+
+	// signerMu orders loads of the CA signer; signerIndex is the index of
+	// the authorities table it was loaded from.
+	signerMu    sync.Mutex
+	signerIndex uint64
+	// signerStore is the store it was loaded from: a restore replaces it.
+	signerStore *state.Store
+}
+
+// loadSigner brings the CA signer up to the replicated authorities, if it
+// is behind, and returns them. Issuance calls it before signing: the
+// maintain loop follows the state a moment later, and an SVID signed in that
+// moment would come from an authority a rotation just replaced.
+func (id *serverIdentity) loadSigner() ([]*meshfedv1.StoredAuthority, error) {
+	id.signerMu.Lock()
+	defer id.signerMu.Unlock()
+	store := id.s.store()
+	idx := store.KindIndex(nil, meshfedv1.ResourceKind_RESOURCE_KIND_AUTHORITY)
+	_, items, _, err := store.List(nil, listAll(meshfedv1.ResourceKind_RESOURCE_KIND_AUTHORITY))
+	if err != nil {
+		return nil, err
+	}
+	auths := make([]*meshfedv1.StoredAuthority, 0, len(items))
+	for _, it := range items {
+		auths = append(auths, it.(*meshfedv1.StoredAuthority))
+	}
+	if (idx != id.signerIndex || store != id.signerStore) && len(auths) > 0 {
+		if err := id.s.ca.SetAuthorities(auths); err != nil {
+			return nil, err
+		}
+		id.signerIndex, id.signerStore = idx, store
+	}
+	return auths, nil
+}
+
+// signerCurrent is the cheap check issuance makes: has the authorities
+// table changed since the signer was loaded?
+func (id *serverIdentity) signerCurrent() bool {
+	store := id.s.store()
+	idx := store.KindIndex(nil, meshfedv1.ResourceKind_RESOURCE_KIND_AUTHORITY)
+	id.signerMu.Lock()
+	defer id.signerMu.Unlock()
+	return idx == id.signerIndex && store == id.signerStore
 }
 
 func newServerIdentity(s *Server) *serverIdentity { return &serverIdentity{s: s} }
@@ -177,11 +220,14 @@ func (id *serverIdentity) maintain(ctx context.Context) {
 		ws := memdb.NewWatchSet()
 		store := id.s.store()
 		ws.Add(store.AbandonCh())
-		_, items, _, err := store.List(ws, listAll(meshfedv1.ResourceKind_RESOURCE_KIND_AUTHORITY))
+		// Register interest first, then load: a change in between wakes
+		// the next round.
+		store.KindIndex(ws, meshfedv1.ResourceKind_RESOURCE_KIND_AUTHORITY)
+		auths, err := id.loadSigner()
 		if err != nil {
-			id.s.log.Error("reading authorities", "error", err)
-		} else if len(items) > 0 {
-			id.sync(items)
+			id.s.log.Error("loading authorities", "error", err)
+		} else if len(auths) > 0 {
+			id.sync(auths)
 		}
 		wctx, cancel := context.WithTimeout(ctx, id.nextCheck())
 		_ = ws.WatchCtx(wctx)
@@ -192,15 +238,7 @@ func (id *serverIdentity) maintain(ctx context.Context) {
 	}
 }
 
-func (id *serverIdentity) sync(items []state.Resource) {
-	auths := make([]*meshfedv1.StoredAuthority, 0, len(items))
-	for _, it := range items {
-		auths = append(auths, it.(*meshfedv1.StoredAuthority))
-	}
-	if err := id.s.ca.SetAuthorities(auths); err != nil {
-		id.s.log.Error("loading authorities", "error", err)
-		return
-	}
+func (id *serverIdentity) sync(auths []*meshfedv1.StoredAuthority) {
 	bundle := id.s.ca.Bundle()
 	if err := id.setTrust(bundle); err != nil {
 		id.s.log.Error("updating trust bundle", "error", err)

@@ -272,7 +272,7 @@ func (r *rotator) retire(ctx context.Context) error {
 		if err != nil {
 			return false, "", err
 		}
-		servers, err := r.s.serversOffActive(ctx)
+		servers, err := r.s.serversOffActive(ctx, rot.Active.GetAuthority().GetId())
 		if err != nil {
 			return false, "", err
 		}
@@ -329,8 +329,10 @@ func (r *rotator) wait(ctx context.Context, step meshfedv1.RotationStep, ready f
 // serversOffActive counts the voters whose own certificate the active
 // authority's intermediate did not issue; an unreachable server counts,
 // since its certificate is unknown.
-func (s *Server) serversOffActive(ctx context.Context) (int, error) {
-	active := s.ca.ActiveID()
+//
+// active comes from the replicated state, not from this server's signer,
+// which follows the state a moment later.
+func (s *Server) serversOffActive(ctx context.Context, active string) (int, error) {
 	f := s.raft.GetConfiguration()
 	if err := f.Error(); err != nil {
 		return 0, err

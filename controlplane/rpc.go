@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
+	"google.golang.org/grpc/keepalive"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
@@ -39,6 +40,10 @@ func (s *Server) startAPI() error {
 		grpc.MaxSendMsgSize(client.MaxMessageSize),
 		grpc.ChainUnaryInterceptor(s.metrics.unary, s.unaryInterceptor),
 		grpc.ChainStreamInterceptor(s.metrics.stream, s.streamInterceptor),
+		// Workloads keep a bundle watch open for hours: let them ping every
+		// 20 seconds so that a server that vanished is noticed quickly.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 15 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Minute, Timeout: 20 * time.Second}),
 	)
 	api := &apiServer{s: s}
 	meshfedv1.RegisterCatalogServiceServer(s.grpc, api)

@@ -122,6 +122,11 @@ func peerCertificates(ctx context.Context) []*x509.Certificate {
 // issueSVID signs an SVID for id with the lifetime and DNS names of its
 // registration, if any, and the CA settings otherwise.
 func (s *Server) issueSVID(id spiffeid.ID, csr []byte) (*meshfedv1.SVIDResponse, error) {
+	if !s.id.signerCurrent() {
+		if _, err := s.id.loadSigner(); err != nil {
+			return nil, status.Errorf(codes.Unavailable, "loading the certificate authority: %v; retry", err)
+		}
+	}
 	ttl := s.caSettings().GetSvidTtl().AsDuration()
 	var dns []string
 	if reg := s.identityFor(id.String()); reg != nil {

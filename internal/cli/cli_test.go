@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"io"
 	"os"
@@ -769,46 +768,6 @@ func TestCommandTree(t *testing.T) {
 			}
 		}
 	})
-}
-
-func TestSVIDFetch(t *testing.T) {
-	f := startFakeServer(t)
-	d := deps{getenv: f.env()}
-	dir := filepath.Join(t.TempDir(), "certs")
-	r := run(t, d, "svid", "fetch", "--token", fakeJoinToken, "--out", dir, "--spiffe-id", fakeWorkloadID)
-	r.expect(t, ExitOK)
-	keyPEM, err := os.ReadFile(filepath.Join(dir, keyFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if fi, _ := os.Stat(filepath.Join(dir, keyFile)); fi.Mode().Perm() != 0o600 {
-		t.Errorf("key mode %v", fi.Mode().Perm())
-	}
-	certPEM, err := os.ReadFile(filepath.Join(dir, svidFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The certificate is for the key generated here.
-	if _, err := tls.X509KeyPair(certPEM, keyPEM); err != nil {
-		t.Errorf("svid.pem and key.pem do not match: %v", err)
-	}
-	if _, err := os.Stat(filepath.Join(dir, bundleFile)); err != nil {
-		t.Error(err)
-	}
-
-	for _, tt := range []struct {
-		args []string
-		code int
-		want string
-	}{
-		{[]string{"svid", "fetch", "--token", fakeJoinToken, "--spiffe-id", fakeWorkloadID}, ExitUsage, "--out is required"},
-		{[]string{"svid", "fetch", "--out", dir, "--token", fakeJoinToken}, ExitError, "looking up the token's SPIFFE ID (or pass --spiffe-id)"},
-		{[]string{"svid", "fetch", "--token", fakeJoinToken, "--out", dir, "--spiffe-id", "http://x"}, ExitUsage, `--spiffe-id "http://x"`},
-		{[]string{"svid", "fetch", "--token", "wrong", "--out", dir, "--spiffe-id", fakeWorkloadID}, ExitError, "Error: PERMISSION_DENIED: invalid workload-join token"},
-		{[]string{"svid", "fetch", "--token", fakeJoinToken, "--out", dir, "--spiffe-id", "spiffe://test.mesh/ns/default/sa/db"}, ExitError, "Error: PERMISSION_DENIED: csr: the token is bound to"},
-	} {
-		run(t, d, tt.args...).expect(t, tt.code, tt.want)
-	}
 }
 
 func TestEnums(t *testing.T) {

@@ -260,25 +260,39 @@ const (
 	fakeWorkloadID = "spiffe://test.mesh/ns/default/sa/web"
 )
 
-// Attest issues a certificate for the CSR's key if the token and the
-// requested identity match.
+// Attest issues a certificate for the CSR's key if the token matches. A CSR
+// without a SAN gets the token's identity; one with a URI SAN must ask for
+// exactly that identity. The certificate is its own root, so it verifies
+// against the returned bundle.
 func (f *fakeServer) Attest(_ context.Context, r *meshfedv1.AttestRequest) (*meshfedv1.SVIDResponse, error) {
 	if r.GetToken() != fakeJoinToken {
-		return nil, status.Error(codes.PermissionDenied, "invalid workload-join token")
+		return nil, status.Error(codes.Unauthenticated, "invalid token: unknown or revoked")
 	}
 	csr, err := x509.ParseCertificateRequest(r.GetCsr())
 	if err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "csr: %v", err)
+		return nil, status.Errorf(codes.InvalidArgument, "invalid csr: %v", err)
 	}
-	if len(csr.URIs) != 1 || csr.URIs[0].String() != fakeWorkloadID {
-		return nil, status.Errorf(codes.PermissionDenied, "csr: the token is bound to %s, not %v", fakeWorkloadID, csr.URIs)
+	id, _ := url.Parse(fakeWorkloadID)
+	switch {
+	case len(csr.URIs) == 0:
+	case len(csr.URIs) == 1 && csr.URIs[0].String() == fakeWorkloadID:
+	default:
+		return nil, status.Errorf(codes.InvalidArgument, "invalid csr: the token is bound to %s, not %v", fakeWorkloadID, csr.URIs)
 	}
 	signer, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, err
 	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(3), URIs: csr.URIs, NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, csr.PublicKey, signer)
+	root := &x509.Certificate{SerialNumber: big.NewInt(4), Subject: pkix.Name{CommonName: "fake root"}, NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	rootDER, err := x509.CreateCertificate(rand.Reader, root, root, signer.Public(), signer)
+	if err != nil {
+		return nil, err
+	}
+	root, _ = x509.ParseCertificate(rootDER)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(3), URIs: []*url.URL{id}, NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, root, csr.PublicKey, signer)
 	if err != nil {
 		return nil, err
 	}
@@ -286,7 +300,8 @@ func (f *fakeServer) Attest(_ context.Context, r *meshfedv1.AttestRequest) (*mes
 	return &meshfedv1.SVIDResponse{
 		SpiffeId:            fakeWorkloadID,
 		CertificateChainPem: string(tlsutil.EncodeCertificatesPEM([]*x509.Certificate{cert})),
-		BundlePem:           string(tlsutil.EncodeCertificatesPEM([]*x509.Certificate{cert})),
+		BundlePem:           string(tlsutil.EncodeCertificatesPEM([]*x509.Certificate{root})),
+		AuthorityId:         "fake-authority",
 	}, nil
 }
 

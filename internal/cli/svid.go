@@ -2,33 +2,19 @@ package cli
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"encoding/pem"
+	"errors"
 	"fmt"
-	"io"
-	"net/url"
-	"os"
-	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"google.golang.org/grpc"
 
-	meshfedv1 "github.com/meshfed/meshfed/api/meshfed/v1"
-	"github.com/meshfed/meshfed/internal/client"
-	"github.com/meshfed/meshfed/internal/tlsutil"
+	"github.com/meshfed/meshfed/internal/svidclient"
 )
 
-// Files written by "svid fetch".
-const (
-	svidFile   = "svid.pem"
-	keyFile    = "key.pem"
-	bundleFile = "bundle.pem"
-)
+// defaultFetchTimeout bounds "svid fetch" when no server answers.
+const defaultFetchTimeout = 30 * time.Second
 
 func (a *app) svidCommand() *cobra.Command {
 	cmd := asGroup(&cobra.Command{
@@ -39,139 +25,121 @@ func (a *app) svidCommand() *cobra.Command {
 	return cmd
 }
 
+// svidFetchResult is the JSON document of "svid fetch -o json".
+type svidFetchResult struct {
+	SPIFFEID    string    `json:"spiffe_id"`
+	ExpiresAt   time.Time `json:"expires_at"`
+	AuthorityID string    `json:"authority_id,omitempty"`
+	SVIDFile    string    `json:"svid_file"`
+	KeyFile     string    `json:"key_file"`
+	BundleFile  string    `json:"bundle_file"`
+}
+
 func (a *app) svidFetchCommand() *cobra.Command {
 	var (
 		out, id string
+		timeout time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "fetch --token T --out DIR",
 		Short: "Attest with a workload-join token and write an SVID, its key and the bundle",
 		Long: `Attest as a workload with a workload-join token (--token, or MESHFED_TOKEN)
 and write three files into DIR: svid.pem (the certificate chain, leaf
-first), key.pem (the private key, mode 0600) and bundle.pem (the trust
-domain's roots). The key is generated here and never leaves this machine:
-only a certificate signing request is sent.
+first), key.pem (the private key, PKCS#8, mode 0600) and bundle.pem (the
+trust domain's roots). The key is generated here and never leaves this
+machine: only a certificate signing request is sent.
 
-The request must carry the SPIFFE ID the token is bound to: give it with
---spiffe-id, or it is looked up from the token.`,
+The SVID is issued for the identity the token is bound to. --spiffe-id is an
+optional check: the request then asks for exactly that identity, and the
+server refuses it if the token is bound to another one.
+
+This fetches one SVID and exits; it does not renew it. Long-running
+workloads use the client library (internal/svidclient) or the proxy, which
+renew at half life and follow CA rotation.
+
+--addr may list several servers separated by commas; they are tried in
+order. Unreachable servers are retried with backoff for up to --timeout; a
+refused token fails at once.`,
 		Example: `  T=$(meshfed tokens create --kind workload-join --spiffe-id spiffe://east.mesh/ns/default/sa/web --ttl 10m --uses 1)
-  meshfed svid fetch --token "$T" --out ./certs --spiffe-id spiffe://east.mesh/ns/default/sa/web`,
+  meshfed svid fetch --token "$T" --out ./certs
+  openssl verify -CAfile certs/bundle.pem -untrusted certs/svid.pem certs/svid.pem`,
 		Args: exactArgs(),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if out == "" {
-				return usageErrorf("--out is required (the directory to write %s, %s and %s to)", svidFile, keyFile, bundleFile)
+				return usageErrorf("--out is required (the directory to write %s, %s and %s to)", svidclient.SVIDFile, svidclient.KeyFile, svidclient.BundleFile)
 			}
-			cfg := a.clientConfig()
-			if cfg.Token == "" {
+			cc := a.clientConfig()
+			if cc.Token == "" {
 				return usageErrorf("a workload-join token is required: set --token or %s", envToken)
 			}
-			var sid spiffeid.ID
+			if cc.Addr == "" {
+				return usageErrorf("no server address: set --addr or %s", envAddr)
+			}
+			if cc.CAFile == "" {
+				return usageErrorf("no CA bundle: set --ca-file or %s (a bootstrapped server writes it to <data-dir>/ca.pem)", envCAFile)
+			}
+			if timeout <= 0 {
+				return usageErrorf("--timeout %s: must be positive", timeout)
+			}
+			cfg := svidclient.Config{
+				Addrs:       splitAddrs(cc.Addr),
+				CAFile:      cc.CAFile,
+				Token:       cc.Token,
+				DialOptions: a.dialOptions,
+			}
 			if id != "" {
-				var err error
-				if sid, err = spiffeid.FromString(id); err != nil {
+				sid, err := spiffeid.FromString(id)
+				if err != nil {
 					return usageErrorf("--spiffe-id %q: %v", id, err)
 				}
+				cfg.ExpectedID = sid
 			}
-			// The token travels in the Attest request, where it is counted as
-			// a use; it is not sent as a bearer token on every call.
-			joinToken := cfg.Token
-			cfg.Token = ""
-			c, err := a.connectWith(cfg)
+			c, err := svidclient.New(cfg)
 			if err != nil {
 				return err
 			}
 			defer c.Close()
-			ctx := cmd.Context()
-			if sid.IsZero() {
-				if sid, err = tokenSPIFFEID(ctx, c.Tokens, joinToken); err != nil {
-					return err
+			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+			defer cancel()
+			if err := c.Attest(ctx); err != nil {
+				if errors.Is(err, context.DeadlineExceeded) && cmd.Context().Err() == nil {
+					return fmt.Errorf("no SVID within %s (--timeout): %w", timeout, err)
 				}
+				return err
 			}
-			key, csr, err := newCSR(sid)
+			files, err := c.WriteFiles(out)
 			if err != nil {
 				return err
 			}
-			resp, err := c.Workload.Attest(ctx, &meshfedv1.AttestRequest{Token: joinToken, Csr: csr})
-			if err != nil {
-				return err
-			}
-			if err := writeSVIDFiles(out, key, resp); err != nil {
-				return err
-			}
+			st := c.Status()
 			if a.isJSON() {
-				return a.printJSON(resp)
+				return a.printValueJSON(svidFetchResult{
+					SPIFFEID:    st.ID.String(),
+					ExpiresAt:   st.ExpiresAt.UTC(),
+					AuthorityID: st.AuthorityID,
+					SVIDFile:    files.SVID,
+					KeyFile:     files.Key,
+					BundleFile:  files.Bundle,
+				})
 			}
-			_, err = fmt.Fprintf(a.stdout, "Wrote %s, %s and %s for %s to %s\n", svidFile, keyFile, bundleFile, resp.GetSpiffeId(), out)
+			_, err = fmt.Fprintf(a.stdout, "%s: SVID valid until %s, wrote %s, %s, %s\n",
+				st.ID, st.ExpiresAt.UTC().Format(time.RFC3339), files.SVID, files.Key, files.Bundle)
 			return err
 		},
 	}
-	cmd.Flags().StringVar(&out, "out", "", "directory to write svid.pem, key.pem and bundle.pem to")
-	cmd.Flags().StringVar(&id, "spiffe-id", "", "the SPIFFE ID the token is bound to (default: looked up with the token)")
+	cmd.Flags().StringVar(&out, "out", "", "directory to write svid.pem, key.pem and bundle.pem to (created if missing)")
+	cmd.Flags().StringVar(&id, "spiffe-id", "", "fail unless the token is bound to this SPIFFE ID")
+	cmd.Flags().DurationVar(&timeout, "timeout", defaultFetchTimeout, "how long to keep trying while no server answers")
 	return cmd
 }
 
-// tokenSPIFFEID asks the server which identity the calling token is bound to.
-func tokenSPIFFEID(ctx context.Context, tokens meshfedv1.TokenServiceClient, token string) (spiffeid.ID, error) {
-	who, err := tokens.WhoAmI(ctx, &meshfedv1.WhoAmIRequest{}, grpc.PerRPCCredentials(client.BearerToken(token)))
-	if err != nil {
-		return spiffeid.ID{}, fmt.Errorf("looking up the token's SPIFFE ID (or pass --spiffe-id): %w", err)
-	}
-	s := who.GetToken().GetSpiffeId()
-	if s == "" {
-		return spiffeid.ID{}, fmt.Errorf("the token is a %s token, not a workload-join token bound to a SPIFFE ID", enumString(who.GetToken().GetKind()))
-	}
-	return spiffeid.FromString(s)
-}
-
-// newCSR makes a P-256 key and a CSR whose only SAN is id.
-func newCSR(id spiffeid.ID) (*ecdsa.PrivateKey, []byte, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, err
-	}
-	u, err := url.Parse(id.String())
-	if err != nil {
-		return nil, nil, err
-	}
-	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{u}}, key)
-	if err != nil {
-		return nil, nil, fmt.Errorf("creating the certificate request: %w", err)
-	}
-	return key, csr, nil
-}
-
-// writeSVIDFiles writes the key first (0600), then the chain and the bundle,
-// each atomically.
-func writeSVIDFiles(dir string, key *ecdsa.PrivateKey, resp *meshfedv1.SVIDResponse) error {
-	if resp.GetCertificateChainPem() == "" {
-		return fmt.Errorf("the server returned no certificate")
-	}
-	if _, err := tlsutil.ParseCertificatesPEM([]byte(resp.GetCertificateChainPem())); err != nil {
-		return fmt.Errorf("the server returned an unreadable certificate chain: %w", err)
-	}
-	der, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return err
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	files := []struct {
-		name string
-		mode os.FileMode
-		data []byte
-	}{
-		{keyFile, 0o600, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})},
-		{svidFile, 0o644, []byte(strings.TrimRight(resp.GetCertificateChainPem(), "\n") + "\n")},
-		{bundleFile, 0o644, []byte(strings.TrimRight(resp.GetBundlePem(), "\n") + "\n")},
-	}
-	for _, f := range files {
-		if _, err := writeFileAtomic(filepath.Join(dir, f.name), f.mode, func(w io.Writer) (int64, error) {
-			n, err := w.Write(f.data)
-			return int64(n), err
-		}); err != nil {
-			return fmt.Errorf("writing %s: %w", f.name, err)
+// splitAddrs reads a comma-separated list of addresses.
+func splitAddrs(s string) []string {
+	var out []string
+	for _, a := range strings.Split(s, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			out = append(out, a)
 		}
 	}
-	return nil
+	return out
 }
