@@ -13,19 +13,21 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+
+	"github.com/meshfed/meshfed/bench/internal/harness"
 )
 
 type etcdCluster struct {
 	endpoints []string
 	tls       *tls.Config
-	procs     []*proc
+	procs     []*harness.Proc
 	version   string
 }
 
 // startEtcd runs a 3-member etcd cluster on loopback with TLS on client and
 // peer ports (peers mutually authenticated, as meshfed's Raft transport is).
 // Everything else, including fsync of the WAL, is etcd's default.
-func startEtcd(ctx context.Context, ps *procs, bin, dir string) (*etcdCluster, error) {
+func startEtcd(ctx context.Context, ps *harness.Procs, bin, dir string) (*etcdCluster, error) {
 	names := []string{"e1", "e2", "e3"}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
@@ -34,7 +36,7 @@ func startEtcd(ctx context.Context, ps *procs, bin, dir string) (*etcdCluster, e
 	if err != nil {
 		return nil, fmt.Errorf("etcd certificates: %w", err)
 	}
-	ports, err := freePorts(2 * len(names))
+	ports, err := harness.FreePorts(2 * len(names))
 	if err != nil {
 		return nil, err
 	}
@@ -64,14 +66,14 @@ func startEtcd(ctx context.Context, ps *procs, bin, dir string) (*etcdCluster, e
 			"--peer-trusted-ca-file", pki.caFile, "--peer-client-cert-auth",
 			"--logger", "zap", "--log-level", "warn",
 		}
-		p, err := ps.start("etcd "+n, filepath.Join(dir, n+".log"), nil, bin, args...)
+		p, err := ps.Start("etcd "+n, filepath.Join(dir, n+".log"), nil, bin, args...)
 		if err != nil {
 			return nil, err
 		}
 		c.endpoints = append(c.endpoints, client)
 		c.procs = append(c.procs, p)
 	}
-	err = waitFor(ctx, "etcd leader", 60*time.Second, c.procs, func(ctx context.Context) error {
+	err = harness.WaitFor(ctx, "etcd leader", 60*time.Second, c.procs, func(ctx context.Context) error {
 		_, err := c.leader(ctx)
 		return err
 	})

@@ -128,20 +128,6 @@ func closeTargets(ts []Target) {
 	}
 }
 
-func median[T int | int64 | float64 | time.Duration](xs []T) T {
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	n := len(s)
-	if n == 0 {
-		var zero T
-		return zero
-	}
-	if n%2 == 1 {
-		return s[n/2]
-	}
-	return (s[n/2-1] + s[n/2]) / 2
-}
-
 // writeSeq numbers every write of the run.
 var writeSeq atomic.Uint64
 

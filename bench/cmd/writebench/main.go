@@ -18,6 +18,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/meshfed/meshfed/bench/internal/harness"
 )
 
 const payloadSize = 256
@@ -97,7 +99,7 @@ func run(cfg config) (err error) {
 	if err != nil {
 		return err
 	}
-	ps := &procs{}
+	ps := &harness.Procs{}
 	// Deferred in this order so that servers are gone before their data
 	// dirs are removed, on every return path including an interrupt.
 	defer func() {
@@ -107,31 +109,31 @@ func run(cfg config) (err error) {
 		}
 		os.RemoveAll(tmp)
 	}()
-	defer ps.stopAll()
+	defer ps.StopAll()
 
 	value := payload(payloadSize)
 	mfValue := meshfedPayload(len(workerKeys(0)[0]), payloadSize, value)
 
 	var systems []system
 	var etcdC *etcdCluster
-	var mfC *meshfedCluster
+	var mfC *harness.MeshfedCluster
 	if !cfg.skipEtcd {
-		logf("starting 3-member etcd cluster")
+		harness.Logf("starting 3-member etcd cluster")
 		if etcdC, err = startEtcd(ctx, ps, cfg.etcdBin, filepath.Join(tmp, "etcd")); err != nil {
 			return err
 		}
 		systems = append(systems, etcdSystem{etcdC})
 	}
 	if !cfg.skipMeshfed && !cfg.skipWrites {
-		logf("starting 3-server meshfed cluster")
-		if mfC, err = startMeshfed(ctx, ps, cfg.meshfedBin, filepath.Join(tmp, "meshfed")); err != nil {
+		harness.Logf("starting 3-server meshfed cluster")
+		if mfC, err = harness.StartMeshfed(ctx, ps, cfg.meshfedBin, filepath.Join(tmp, "meshfed")); err != nil {
 			return err
 		}
-		leader, err := mfC.leader(ctx)
+		leader, err := mfC.Leader(ctx)
 		if err != nil {
 			return err
 		}
-		if err := upsertBenchService(ctx, leader, mfC.caPEM, mfC.token); err != nil {
+		if err := upsertBenchService(ctx, leader, mfC.CAPEM, mfC.Token); err != nil {
 			return fmt.Errorf("creating service %q: %w", benchService, err)
 		}
 		systems = append(systems, meshfedSystem{mfC})
@@ -152,11 +154,11 @@ func run(cfg config) (err error) {
 			for _, s := range order {
 				res, err := measure(ctx, s, conc, cfg, value, mfValue)
 				if err != nil {
-					return fmt.Errorf("%s at concurrency %d: %w%s", s.Name(), conc, err, ps.exited())
+					return fmt.Errorf("%s at concurrency %d: %w%s", s.Name(), conc, err, ps.Exited())
 				}
 				results[s.Name()][conc] = append(results[s.Name()][conc], res)
-				logf("%-7s c=%-3d run %d/%d: %8.0f writes/s  p50 %s  p99 %s  errors %d",
-					s.Name(), conc, r+1, cfg.runs, res.rate(), ms(res.pct(0.50)), ms(res.pct(0.99)), res.errors)
+				harness.Logf("%-7s c=%-3d run %d/%d: %8.0f writes/s  p50 %s  p99 %s  errors %d",
+					s.Name(), conc, r+1, cfg.runs, res.rate(), harness.MS(res.pct(0.50)), harness.MS(res.pct(0.99)), res.errors)
 			}
 		}
 	}
@@ -166,18 +168,18 @@ func run(cfg config) (err error) {
 		etcdVersion = etcdC.version
 	}
 	if mfC != nil {
-		mfVersion = mfC.version
+		mfVersion = mfC.Version
 	}
 	// The clusters are stopped before the memory measurement so that their
 	// heartbeats and compaction do not take CPU from it.
-	ps.stopAll()
+	ps.StopAll()
 
 	if len(systems) > 0 {
 		printWrites(cfg, systems, results, etcdVersion, mfVersion, len(value), workloadSize(workerKeys(0)[0], mfValue))
 	}
 
 	if !cfg.skipMeshfed && !cfg.skipMemory {
-		logf("memory: filling one dev server with %d workloads", cfg.workloads)
+		harness.Logf("memory: filling one dev server with %d workloads", cfg.workloads)
 		m, err := measureMemory(ctx, ps, cfg.meshfedBin, tmp, cfg.workloads, mfValue)
 		if err != nil {
 			return fmt.Errorf("memory measurement: %w", err)
@@ -210,14 +212,14 @@ func measure(ctx context.Context, s system, conc int, cfg config, value, mfValue
 		return res, fmt.Errorf("no write succeeded: %v", res.firstErr)
 	}
 	if res.errors > 0 {
-		logf("%s c=%d: %d writes failed, first: %v", s.Name(), conc, res.errors, res.firstErr)
+		harness.Logf("%s c=%d: %d writes failed, first: %v", s.Name(), conc, res.errors, res.firstErr)
 	}
 	return res, nil
 }
 
 func printWrites(cfg config, systems []system, results map[string]map[int][]result, etcdVersion, mfVersion string, etcdValue, mfSize int) {
 	fmt.Println()
-	fmt.Printf("Write path: 3 servers as processes on 127.0.0.1, %d cores, GOMAXPROCS of the load generator %d\n", nproc(), runtimeProcs())
+	fmt.Printf("Write path: 3 servers as processes on 127.0.0.1, %d cores, GOMAXPROCS of the load generator %d\n", harness.NProc(), harness.RuntimeProcs())
 	fmt.Println("  both: TLS on every port (client TLS 1.3; peers mutual TLS), log fsync'd before a write is acknowledged,")
 	fmt.Printf("        writes sent to the leader over min(concurrency, 8) connections, each worker on its own %d keys\n", keySpace)
 	fmt.Println("        every write stores a new value (a run-wide sequence number in the first bytes), so none is a no-op")
@@ -240,11 +242,11 @@ func printWrites(cfg config, systems []system, results map[string]map[int][]resu
 			errs := 0
 			for _, r := range rs {
 				rates = append(rates, r.rate())
-				p50s = append(p50s, msf(r.pct(0.50)))
-				p99s = append(p99s, msf(r.pct(0.99)))
+				p50s = append(p50s, harness.MSF(r.pct(0.50)))
+				p99s = append(p99s, harness.MSF(r.pct(0.99)))
 				errs += r.errors
 			}
-			a := agg{median(rates), median(p50s), median(p99s)}
+			a := agg{harness.Median(rates), harness.Median(p50s), harness.Median(p99s)}
 			got[s.Name()] = a
 			fmt.Printf(row, s.Name(), conc, fmt.Sprintf("%.0f", a.rate), fmt.Sprintf("%.2f", a.p50), fmt.Sprintf("%.2f", a.p99), errs)
 		}
@@ -313,10 +315,4 @@ func reversed(s []system) []system {
 	return out
 }
 
-func logf(format string, args ...any) {
-	fmt.Fprintf(os.Stderr, time.Now().Format("15:04:05 ")+format+"\n", args...)
-}
-
-func ms(d time.Duration) string   { return fmt.Sprintf("%.2fms", msf(d)) }
-func msf(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
-func mibs(b int64) string         { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
+func mibs(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }

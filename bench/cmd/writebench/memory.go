@@ -13,6 +13,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/meshfed/meshfed/bench/internal/harness"
 )
 
 type memResult struct {
@@ -33,30 +35,30 @@ type memResult struct {
 // much its resident memory grew. RSS cannot be taken after a forced GC from
 // outside, so each reading is the median of several samples taken once the
 // figure has stopped moving.
-func measureMemory(ctx context.Context, ps *procs, bin, dir string, n int, value []byte) (*memResult, error) {
-	s, err := newMeshfedServer("mem", filepath.Join(dir, "mem"))
+func measureMemory(ctx context.Context, ps *harness.Procs, bin, dir string, n int, value []byte) (*memResult, error) {
+	s, err := harness.NewMeshfedServer("mem", filepath.Join(dir, "mem"))
 	if err != nil {
 		return nil, err
 	}
-	args := append([]string{"server", "--dev"}, s.addrArgs()...)
-	if s.p, err = ps.start("meshfed dev", filepath.Join(dir, "mem.log"), nil, bin, args...); err != nil {
+	args := append([]string{"server", "--dev"}, s.AddrArgs()...)
+	if s.P, err = ps.Start("meshfed dev", filepath.Join(dir, "mem.log"), nil, bin, args...); err != nil {
 		return nil, err
 	}
-	defer ps.stop(s.p)
-	token, caPEM, err := s.waitCredentials(ctx)
+	defer ps.Stop(s.P)
+	token, caPEM, err := s.WaitCredentials(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if err := upsertBenchService(ctx, s.api, caPEM, token); err != nil {
+	if err := upsertBenchService(ctx, s.API, caPEM, token); err != nil {
 		return nil, fmt.Errorf("creating service %q: %w", benchService, err)
 	}
 	r := &memResult{n: n}
-	if r.rssBefore, err = settledRSS(ctx, s.p); err != nil {
+	if r.rssBefore, err = settledRSS(ctx, s.P); err != nil {
 		return nil, err
 	}
-	r.heapBefore = heapInuse(ctx, s.httpAd, caPEM, token)
+	r.heapBefore = heapInuse(ctx, s.HTTP, caPEM, token)
 
-	targets, err := openMeshfedTargets(s.api, caPEM, token, 8)
+	targets, err := openMeshfedTargets(s.API, caPEM, token, 8)
 	if err != nil {
 		return nil, err
 	}
@@ -100,21 +102,21 @@ func measureMemory(ctx context.Context, ps *procs, bin, dir string, n int, value
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	if err := s.p.exitErr(); err != nil {
+	if err := s.P.ExitErr(); err != nil {
 		return nil, err
 	}
-	if r.rssAfter, err = settledRSS(ctx, s.p); err != nil {
+	if r.rssAfter, err = settledRSS(ctx, s.P); err != nil {
 		return nil, err
 	}
-	r.heapAfter = heapInuse(ctx, s.httpAd, caPEM, token)
+	r.heapAfter = heapInuse(ctx, s.HTTP, caPEM, token)
 
 	waitStart := time.Now()
-	if waitNextGC(ctx, s.httpAd, caPEM, token, 150*time.Second) {
+	if waitNextGC(ctx, s.HTTP, caPEM, token, 150*time.Second) {
 		r.gcWait = time.Since(waitStart)
-		if r.rssSteady, err = settledRSS(ctx, s.p); err != nil {
+		if r.rssSteady, err = settledRSS(ctx, s.P); err != nil {
 			return nil, err
 		}
-		r.heapSteady = heapInuse(ctx, s.httpAd, caPEM, token)
+		r.heapSteady = heapInuse(ctx, s.HTTP, caPEM, token)
 	}
 	return r, nil
 }
@@ -142,15 +144,15 @@ func waitNextGC(ctx context.Context, addr string, caPEM []byte, token string, ti
 
 // settledRSS samples every 500 ms until the last five samples lie within 1%
 // of each other (or 30 s pass) and returns their median.
-func settledRSS(ctx context.Context, p *proc) (int64, error) {
+func settledRSS(ctx context.Context, p *harness.Proc) (int64, error) {
 	const window = 5
 	var samples []int64
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		if err := p.exitErr(); err != nil {
+		if err := p.ExitErr(); err != nil {
 			return 0, err
 		}
-		v, err := vmRSS(p.pid())
+		v, err := harness.VMRSS(p.PID())
 		if err != nil {
 			return 0, err
 		}
@@ -162,7 +164,7 @@ func settledRSS(ctx context.Context, p *proc) (int64, error) {
 				lo, hi = min(lo, x), max(hi, x)
 			}
 			if float64(hi-lo) <= 0.01*float64(hi) || time.Now().After(deadline) {
-				return median(last), nil
+				return harness.Median(last), nil
 			}
 		}
 		select {
@@ -181,7 +183,7 @@ func heapInuse(ctx context.Context, addr string, caPEM []byte, token string) int
 
 // metricValue reads one gauge from the server's /metrics; -1 if it cannot.
 func metricValue(ctx context.Context, addr string, caPEM []byte, token, name string) int64 {
-	cfg, err := meshfedTLS(caPEM)
+	cfg, err := harness.MeshfedTLS(caPEM)
 	if err != nil {
 		return -1
 	}
