@@ -84,6 +84,9 @@ type state struct {
 	chain  []*x509.Certificate
 	signer crypto.Signer
 	roots  []*x509.Certificate
+	// bundlePEM is roots, PEM-encoded once for every response that carries
+	// the bundle.
+	bundlePEM string
 	// issuers maps the subject key ID of each authority's current
 	// intermediate to the authority's ID.
 	issuers map[string]string
@@ -156,6 +159,15 @@ func (c *CA) Bundle() []*x509.Certificate {
 		return nil
 	}
 	return slices.Clone(s.roots)
+}
+
+// BundlePEM returns Bundle as PEM, or "" before SetAuthorities.
+func (c *CA) BundlePEM() string {
+	s := c.cur.Load()
+	if s == nil {
+		return ""
+	}
+	return s.bundlePEM
 }
 
 // ActiveID returns the ID of the authority that signs, or "" before
@@ -232,6 +244,7 @@ func newState(auths []*meshfedv1.StoredAuthority) (*state, error) {
 	if s.activeID == "" {
 		return nil, ErrNoActiveAuthority
 	}
+	s.bundlePEM = string(tlsutil.EncodeCertificatesPEM(s.roots))
 	return s, nil
 }
 

@@ -1,6 +1,7 @@
 package ca
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
@@ -8,8 +9,10 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
+	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"net/url"
 	"slices"
 	"time"
@@ -162,9 +165,9 @@ func (c *CA) sign(p SignParams, csr *x509.CertificateRequest) ([]*x509.Certifica
 			return nil, "", fmt.Errorf("%w: %w", ErrInvalidCSR, err)
 		}
 	}
-	if err := csr.CheckSignature(); err != nil {
-		return nil, "", fmt.Errorf("%w: %w", ErrInvalidCSR, err)
-	}
+	// The CSR's signature (proof that the caller holds the key) is checked
+	// by smallstep's Sign, twice already; a third check here would cost as
+	// much as the signing itself.
 	keyUsage, err := leafKeyUsage(csr)
 	if err != nil {
 		return nil, "", fmt.Errorf("%w: %w", ErrInvalidCSR, err)
@@ -211,8 +214,12 @@ func (c *CA) sign(p SignParams, csr *x509.CertificateRequest) ([]*x509.Certifica
 		}
 		return nil
 	})
-	chain, err := c.auth.Sign(csr, provisioner.SignOptions{}, replace)
+	chain, err := c.auth.SignWithContext(context.Background(), csr, provisioner.SignOptions{}, replace)
 	if err != nil {
+		var sc interface{ StatusCode() int }
+		if errors.As(err, &sc) && sc.StatusCode() == http.StatusBadRequest {
+			return nil, "", fmt.Errorf("%w: %w", ErrInvalidCSR, err)
+		}
 		return nil, "", fmt.Errorf("signing certificate for %s: %w", p.ID, err)
 	}
 	c.log.Debug("issued certificate", "id", p.ID.String(), "authority", s.activeID,

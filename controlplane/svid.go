@@ -143,7 +143,7 @@ func (s *Server) issueSVID(id spiffeid.ID, csr []byte) (*meshfedv1.SVIDResponse,
 	return &meshfedv1.SVIDResponse{
 		SpiffeId:            id.String(),
 		CertificateChainPem: string(tlsutil.EncodeCertificatesPEM(issued.Chain)),
-		BundlePem:           string(tlsutil.EncodeCertificatesPEM(s.ca.Bundle())),
+		BundlePem:           s.ca.BundlePEM(),
 		AuthorityId:         issued.AuthorityID,
 	}, nil
 }
