@@ -69,6 +69,17 @@ func newAPIMetrics() *apiMetrics {
 	return m
 }
 
+// registerWatchers exports the number of bundle watchers connected to this
+// server.
+func (m *apiMetrics) registerWatchers(w *bundleWatchers) {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "meshfed_ca_bundle_watchers", Help: "Trust bundle watchers (workloads, proxies) connected to this server.",
+	}, func() float64 {
+		total, _, _ := w.stats(0)
+		return float64(total)
+	}))
+}
+
 func (m *apiMetrics) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	start := time.Now()
 	resp, err := handler(ctx, req)

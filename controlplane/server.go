@@ -148,6 +148,7 @@ func (s *Server) start(ctx context.Context) error {
 	}
 
 	s.metrics = newAPIMetrics()
+	s.metrics.registerWatchers(s.watchers)
 	s.tls = tlsutil.NewSource(nil)
 	s.id = newServerIdentity(s)
 	s.fwd = newForwarder(s)

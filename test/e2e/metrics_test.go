@@ -108,6 +108,9 @@ func TestMetricsAndHealth(t *testing.T) {
 				if !strings.Contains(body, `meshfed_api_requests_total{`) {
 					return fmt.Errorf("no meshfed_api_requests_total sample")
 				}
+				if !strings.Contains(body, "\nmeshfed_ca_bundle_watchers 0\n") || !strings.Contains(body, "\nmeshfed_ca_svids_issued_total 0\n") {
+					return fmt.Errorf("no CA metrics (bundle watchers, SVIDs issued)")
+				}
 				want := followerRaftMetrics
 				if s == leader {
 					want = leaderRaftMetrics
