@@ -435,7 +435,6 @@ func TestGRPCErrors(t *testing.T) {
 	})
 	t.Run("unimplemented", func(t *testing.T) {
 		for _, args := range [][]string{
-			{"ca", "status"}, {"ca", "rotate", "--step", "prepare"}, {"ca", "bundle"},
 			{"peering", "token", "--peer", "west"}, {"peering", "list"},
 			{"exports", "set", "web", "--to", "west"}, {"services", "resolve", "web"},
 			// Its --token is the peering token: the API token still comes from
@@ -758,7 +757,8 @@ func TestCommandTree(t *testing.T) {
 			"policy authz apply", "policy authz list", "policy authz get", "policy authz delete",
 			"policy traffic apply", "policy traffic list", "policy traffic get", "policy traffic delete",
 			"mesh get", "mesh set", "tokens create", "tokens list", "tokens get", "tokens delete",
-			"svid fetch", "ca status", "ca rotate", "ca bundle",
+			"svid fetch", "ca status", "ca rotate", "ca bundle", "ca settings", "ca import",
+			"identities create", "identities list", "identities get", "identities delete",
 			"peering token", "peering establish", "peering list", "peering delete",
 			"exports set", "exports list", "exports delete", "snapshot save", "snapshot restore",
 		} {

@@ -48,6 +48,8 @@ type fakeServer struct {
 	meshfedv1.UnimplementedTokenServiceServer
 	meshfedv1.UnimplementedClusterServiceServer
 	meshfedv1.UnimplementedWorkloadIdentityServiceServer
+	meshfedv1.UnimplementedCAServiceServer
+	meshfedv1.UnimplementedIdentityServiceServer
 
 	addr   string
 	caFile string
@@ -64,6 +66,15 @@ type fakeServer struct {
 	watchEvents []*meshfedv1.WatchServicesResponse
 	watchBlock  bool          // keep the watch open after the events
 	watchSent   chan struct{} // closed once the events are sent
+
+	// CA and identities (ca_test.go, identities_test.go).
+	caSettings     *meshfedv1.CASettings
+	caUpdates      []*meshfedv1.UpdateCASettingsRequest
+	caImports      []*meshfedv1.ImportAuthorityRequest
+	rotateRequests []*meshfedv1.RotateCARequest
+	identities     []*meshfedv1.Identity
+	identityReqs   []*meshfedv1.CreateIdentityRequest
+	identityDels   []*meshfedv1.DeleteRequest
 }
 
 func startFakeServer(t *testing.T) *fakeServer {
@@ -89,7 +100,8 @@ func startFakeServer(t *testing.T) *fakeServer {
 	meshfedv1.RegisterTokenServiceServer(gs, f)
 	meshfedv1.RegisterClusterServiceServer(gs, f)
 	meshfedv1.RegisterWorkloadIdentityServiceServer(gs, f)
-	meshfedv1.RegisterCAServiceServer(gs, meshfedv1.UnimplementedCAServiceServer{})
+	meshfedv1.RegisterCAServiceServer(gs, f)
+	meshfedv1.RegisterIdentityServiceServer(gs, f)
 	meshfedv1.RegisterPeeringServiceServer(gs, meshfedv1.UnimplementedPeeringServiceServer{})
 	go gs.Serve(l)
 	t.Cleanup(gs.Stop)
