@@ -84,6 +84,8 @@ type state struct {
 	chain  []*x509.Certificate
 	signer crypto.Signer
 	roots  []*x509.Certificate
+	// retired are the roots of retired authorities.
+	retired []*x509.Certificate
 	// bundlePEM is roots, PEM-encoded once for every response that carries
 	// the bundle.
 	bundlePEM string
@@ -161,6 +163,27 @@ func (c *CA) Bundle() []*x509.Certificate {
 	return slices.Clone(s.roots)
 }
 
+// ActiveChain returns what the active authority signs with: its
+// intermediate, any certificates up to its root, and the cross-signed
+// intermediate during a rotation; nil before SetAuthorities.
+func (c *CA) ActiveChain() []*x509.Certificate {
+	s := c.cur.Load()
+	if s == nil {
+		return nil
+	}
+	return slices.Clone(s.chain)
+}
+
+// Retired returns the roots of retired authorities, which nothing may
+// trust any more.
+func (c *CA) Retired() []*x509.Certificate {
+	s := c.cur.Load()
+	if s == nil {
+		return nil
+	}
+	return slices.Clone(s.retired)
+}
+
 // BundlePEM returns Bundle as PEM, or "" before SetAuthorities.
 func (c *CA) BundlePEM() string {
 	s := c.cur.Load()
@@ -211,6 +234,9 @@ func newState(auths []*meshfedv1.StoredAuthority) (*state, error) {
 
 		switch a.GetState() {
 		case meshfedv1.AuthorityState_AUTHORITY_STATE_RETIRED:
+			if roots, err := tlsutil.ParseCertificatesPEM([]byte(a.GetRootPem())); err == nil {
+				s.retired = append(s.retired, roots...)
+			}
 			continue
 		case meshfedv1.AuthorityState_AUTHORITY_STATE_PREPARED,
 			meshfedv1.AuthorityState_AUTHORITY_STATE_ACTIVE,

@@ -4,6 +4,9 @@ import (
 	"context"
 	"sync"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	meshfedv1 "github.com/meshfed/meshfed/api/meshfed/v1"
 	mfid "github.com/meshfed/meshfed/internal/spiffeid"
 )
@@ -27,7 +30,29 @@ func (s *Server) withIdentityID(i *meshfedv1.Identity) *meshfedv1.Identity {
 }
 
 func (a *apiServer) CreateIdentity(ctx context.Context, req *meshfedv1.CreateIdentityRequest) (*meshfedv1.Identity, error) {
-	return writeResource(ctx, a.s, kindIdentity, "identity", a.s.withIdentityID(req.GetIdentity()), 0, modeCreate)
+	in := a.s.withIdentityID(req.GetIdentity())
+	if err := a.s.checkIdentity(in); err != nil {
+		return nil, err
+	}
+	return writeResource(ctx, a.s, kindIdentity, "identity", in, 0, modeCreate)
+}
+
+// checkIdentity refuses a registration whose SPIFFE ID is not a workload
+// identity of this trust domain, or that another registration already
+// holds: issuance looks registrations up by ID, so each ID has at most one.
+func (s *Server) checkIdentity(in *meshfedv1.Identity) error {
+	if in == nil || in.GetSpiffeId() == "" {
+		return nil // validation names the missing field
+	}
+	if err := s.checkWorkloadID(in.GetSpiffeId()); err != nil {
+		return status.Errorf(codes.InvalidArgument, "invalid identity.spiffe_id: %v", err)
+	}
+	if other := s.identityFor(in.GetSpiffeId()); other != nil &&
+		(other.GetMeta().GetNamespace() != namespaceFor(kindIdentity, in.GetMeta().GetNamespace()) || other.GetMeta().GetName() != in.GetMeta().GetName()) {
+		return status.Errorf(codes.AlreadyExists, "invalid identity.spiffe_id: %s is registered by identity %s/%s",
+			in.GetSpiffeId(), other.GetMeta().GetNamespace(), other.GetMeta().GetName())
+	}
+	return nil
 }
 
 func (a *apiServer) GetIdentity(_ context.Context, req *meshfedv1.GetRequest) (*meshfedv1.Identity, error) {
@@ -43,7 +68,11 @@ func (a *apiServer) ListIdentities(_ context.Context, req *meshfedv1.ListRequest
 }
 
 func (a *apiServer) UpdateIdentity(ctx context.Context, req *meshfedv1.UpdateIdentityRequest) (*meshfedv1.Identity, error) {
-	return writeResource(ctx, a.s, kindIdentity, "identity", a.s.withIdentityID(req.GetIdentity()), req.GetExpectedVersion(), updateMode(req.GetAllowMissing()))
+	in := a.s.withIdentityID(req.GetIdentity())
+	if err := a.s.checkIdentity(in); err != nil {
+		return nil, err
+	}
+	return writeResource(ctx, a.s, kindIdentity, "identity", in, req.GetExpectedVersion(), updateMode(req.GetAllowMissing()))
 }
 
 func (a *apiServer) DeleteIdentity(ctx context.Context, req *meshfedv1.DeleteRequest) (*meshfedv1.DeleteResponse, error) {

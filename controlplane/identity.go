@@ -175,7 +175,9 @@ func (id *serverIdentity) install(chain []*x509.Certificate, key crypto.Signer, 
 // and rewrites ca.pem when it changed.
 func (id *serverIdentity) setTrust(bundle []*x509.Certificate) error {
 	id.mu.Lock()
-	all := unionCerts(bundle, id.ownRoots, id.prevRoots)
+	// The server's own roots are trusted beside the bundle (for a restore
+	// that replaced the CA), unless a rotation retired them.
+	all := unionCerts(bundle, withoutCerts(unionCerts(id.ownRoots, id.prevRoots), id.s.ca.Retired()))
 	id.mu.Unlock()
 	id.s.tls.SetRoots(all)
 	data := tlsutil.EncodeCertificatesPEM(all)
@@ -265,11 +267,13 @@ func (id *serverIdentity) sync(auths []*meshfedv1.StoredAuthority) {
 	if foreign && foreignFor > foreignRootGrace {
 		renew = true
 	}
-	// After a rotation activates a new authority (or the intermediate is
-	// renewed), move to a certificate of the signing intermediate at once,
-	// so that the old root can be retired. The old root stays trusted
-	// until then, so no peer refuses either certificate meanwhile.
-	if len(chain) > 0 && id.s.ca.AuthorityOf(chain[0]) != id.s.ca.ActiveID() && !foreign {
+	// When the signing chain changes (a rotation activates a new authority,
+	// the intermediate is renewed, retire drops the cross-signed
+	// intermediate), move to a certificate with the new chain at once, so
+	// that the old root can be retired and, once it is, nothing presents a
+	// chain to it any more. Every root of either chain stays trusted until
+	// then, so no peer refuses either certificate meanwhile.
+	if len(chain) > 0 && !foreign && !sameCertSet(chain[1:], id.s.ca.ActiveChain()) {
 		renew = true
 	}
 	if renew {
@@ -303,6 +307,17 @@ func chainRoots(chain []*x509.Certificate, roots []*x509.Certificate) []*x509.Ce
 		pool.AddCert(r)
 		if _, err := chain[0].Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter, CurrentTime: mid, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err == nil {
 			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// withoutCerts returns set minus the certificates in drop.
+func withoutCerts(set, drop []*x509.Certificate) []*x509.Certificate {
+	var out []*x509.Certificate
+	for _, c := range set {
+		if !slices.ContainsFunc(drop, c.Equal) {
+			out = append(out, c)
 		}
 	}
 	return out

@@ -205,11 +205,18 @@ func (s *Server) renewIntermediates(ctx context.Context) {
 	}
 	rot, _ := ca.RotationOf(auths)
 	for _, a := range auths {
-		if a.GetAuthority().GetState() != meshfedv1.AuthorityState_AUTHORITY_STATE_ACTIVE || len(a.GetRootKey()) == 0 {
+		if a.GetAuthority().GetState() != meshfedv1.AuthorityState_AUTHORITY_STATE_ACTIVE {
 			continue
 		}
 		due, err := ca.IntermediateNeedsRenewal(a, time.Now())
 		if err != nil || !due {
+			continue
+		}
+		if len(a.GetRootKey()) == 0 {
+			// An imported intermediate without its root's key cannot be
+			// renewed here: the operator must import its successor.
+			s.log.Warn("the active intermediate is past half its life and cannot be renewed here: import a new one (meshfed ca import) and rotate onto it",
+				"authority", a.GetAuthority().GetId(), "not_after", a.GetAuthority().GetIntermediateNotAfter().AsTime())
 			continue
 		}
 		next, err := ca.RenewIntermediate(a, s.td, s.intermediateTTL(), time.Now())
@@ -252,7 +259,9 @@ func (s *Server) nextLeaderCheck() time.Duration {
 	}
 	for _, it := range items {
 		a := it.(*meshfedv1.StoredAuthority)
-		if a.GetAuthority().GetState() != meshfedv1.AuthorityState_AUTHORITY_STATE_ACTIVE {
+		// An intermediate without its root's key is not renewed here (a
+		// warning says so every round).
+		if a.GetAuthority().GetState() != meshfedv1.AuthorityState_AUTHORITY_STATE_ACTIVE || len(a.GetRootKey()) == 0 {
 			continue
 		}
 		if certs, err := tlsutil.ParseCertificatesPEM([]byte(a.GetAuthority().GetIntermediatePem())); err == nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -213,7 +214,7 @@ func (r *rotator) prepare(ctx context.Context) error {
 		return err
 	}
 	return r.send(step, true, "prepared authority %s (%s); its root joined the trust bundle at sequence %d",
-		next.GetAuthority().GetId(), settings.GetKeyAlgorithm(), idx)
+		next.GetAuthority().GetId(), algorithmName(settings.GetKeyAlgorithm()), idx)
 }
 
 func (r *rotator) activate(ctx context.Context) error {
@@ -476,4 +477,9 @@ func (a *apiServer) ImportAuthority(ctx context.Context, req *meshfedv1.ImportAu
 	}
 	s.log.Info("imported authority", "authority", next.GetAuthority().GetId())
 	return next.GetAuthority(), nil
+}
+
+// algorithmName is how the CLI spells a key algorithm (ecdsa-p256).
+func algorithmName(a meshfedv1.KeyAlgorithm) string {
+	return strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(a.String(), "KEY_ALGORITHM_")), "_", "-")
 }

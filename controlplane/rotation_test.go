@@ -9,6 +9,7 @@ import (
 	"errors"
 	"io"
 	"math/big"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -179,6 +180,9 @@ func TestRotationWithWatchers(t *testing.T) {
 	}
 	// The watchers acknowledge the bundle without the old root. Read from
 	// the leader from here on: a follower may not have applied the retire.
+	// New connections must trust the new root: servers no longer present a
+	// chain to the retired one.
+	refreshCA(t, c, admin)
 	admin = c.client(t, c.leader(t))
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -239,6 +243,23 @@ func TestRotationWithWatchers(t *testing.T) {
 		t.Fatalf("an SVID issued after retire has %d certificates; it must chain only to the new root", len(chain))
 	}
 
+	// No server trusts the retired root any more, or presents a chain to
+	// it: a client that knows only the old root cannot connect.
+	for _, ts := range c.servers {
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			trusted := slices.ContainsFunc(ts.srv.tls.Roots(), oldRoot.Equal)
+			presented := chainsToRoot(ts.srv.tls.Certificate(), oldRoot)
+			if !trusted && !presented {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s after retire: trusts the old root %v, presents a chain to it %v", ts.cfg.NodeID, trusted, presented)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+
 	// Every server moved its own certificate to the new authority and the
 	// cluster still replicates.
 	for _, ts := range c.servers {
@@ -255,6 +276,10 @@ func TestRotationWithWatchers(t *testing.T) {
 	wantCode(t, err, codes.FailedPrecondition)
 	_, err = rotate(t, admin.CA, &meshfedv1.RotateCARequest{Step: meshfedv1.RotationStep_ROTATION_STEP_ACTIVATE})
 	wantCode(t, err, codes.FailedPrecondition)
+}
+
+func chainsToRoot(chain []*x509.Certificate, root *x509.Certificate) bool {
+	return len(chain) > 0 && verifiesAgainst(chain, root)
 }
 
 func verifiesAgainst(chain []*x509.Certificate, root *x509.Certificate) bool {
@@ -386,6 +411,25 @@ func TestActivateWaitsForWatchers(t *testing.T) {
 	if err := stream.Send(&meshfedv1.WatchBundleRequest{SvidAuthorityId: resp.GetAuthorityId()}); err != nil {
 		t.Fatal(err)
 	}
+	oldID := resp.GetAuthorityId()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st, err := admin.CA.GetCAStatus(ctx, &meshfedv1.GetCAStatusRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		counted := false
+		for _, a := range st.GetAuthorities() {
+			counted = counted || (a.GetId() == oldID && a.GetWatcherSvids() == 1)
+		}
+		if counted {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the watcher's SVID is not counted under %s: %v", oldID, st.GetAuthorities())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	_, err = rotate(t, admin.CA, &meshfedv1.RotateCARequest{Step: meshfedv1.RotationStep_ROTATION_STEP_RETIRE, Timeout: durationpb.New(time.Second)})
 	wantCode(t, err, codes.DeadlineExceeded)
 	if _, err := rotate(t, admin.CA, &meshfedv1.RotateCARequest{Step: meshfedv1.RotationStep_ROTATION_STEP_RETIRE, Force: true}); err != nil {
@@ -493,6 +537,7 @@ func TestImportAuthority(t *testing.T) {
 	if _, err := rotate(t, admin.CA, &meshfedv1.RotateCARequest{Timeout: durationpb.New(30 * time.Second)}); err != nil {
 		t.Fatal(err)
 	}
+	refreshCA(t, c, admin)
 	resp, err := workloadClient(t, c, ts, "", nil).Workload.Attest(ctx, &meshfedv1.AttestRequest{
 		Token: workloadToken(t, c, webID, 1, time.Minute).Secret, Csr: csrFor(t, newKey(t), nil)})
 	if err != nil {
@@ -544,7 +589,8 @@ func TestRotationSurvivesLeaderLossAndRestarts(t *testing.T) {
 	waitReady(t, restarted, 30*time.Second)
 
 	// Running the rotation again resumes at activate.
-	progress, err := rotate(t, c.client(t, c.leader(t)).CA, &meshfedv1.RotateCARequest{Timeout: durationpb.New(time.Minute)})
+	adm := c.client(t, c.leader(t))
+	progress, err := rotate(t, adm.CA, &meshfedv1.RotateCARequest{Timeout: durationpb.New(time.Minute)})
 	if err != nil {
 		t.Fatalf("resumed rotation: %v (%v)", err, progress)
 	}
@@ -568,7 +614,7 @@ func TestRotationSurvivesLeaderLossAndRestarts(t *testing.T) {
 	}
 
 	// Restarting every server keeps the CA: no new root appears.
-	refreshCA(t, c, c.client(t, c.leader(t)))
+	refreshCA(t, c, adm)
 	for i, ts := range c.servers {
 		ts.stop()
 		c.servers[i] = startServer(t, ts.cfg)

@@ -329,6 +329,21 @@ func TestSVIDLifetimes(t *testing.T) {
 		t.Fatalf("DNS names %v, want the registered db.internal", leaf.DNSNames)
 	}
 
+	// Bad registrations: a lifetime too short to use, an ID of another
+	// trust domain or of the servers, an ID another registration holds.
+	for _, bad := range []struct {
+		in   *meshfedv1.Identity
+		code codes.Code
+	}{
+		{&meshfedv1.Identity{Meta: &meshfedv1.Meta{Name: "short"}, SvidTtl: durationpb.New(time.Millisecond)}, codes.InvalidArgument},
+		{&meshfedv1.Identity{Meta: &meshfedv1.Meta{Name: "other"}, SpiffeId: "spiffe://other.mesh/ns/default/sa/other"}, codes.InvalidArgument},
+		{&meshfedv1.Identity{Meta: &meshfedv1.Meta{Name: "srv"}, SpiffeId: "spiffe://test.mesh/meshfed/server/s1"}, codes.InvalidArgument},
+		{&meshfedv1.Identity{Meta: &meshfedv1.Meta{Name: "db2"}, ServiceAccount: "db"}, codes.AlreadyExists},
+	} {
+		_, err := admin.Identity.CreateIdentity(ctx, &meshfedv1.CreateIdentityRequest{Identity: bad.in})
+		wantCode(t, err, bad.code)
+	}
+
 	// Bad settings are refused and change nothing.
 	for _, bad := range []*meshfedv1.CASettings{
 		{SvidTtl: durationpb.New(time.Second)},

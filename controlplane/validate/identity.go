@@ -13,7 +13,7 @@ func checkIdentity(c *checker, root string, i *meshfedv1.Identity) {
 	c.meta(root, i.GetMeta(), true, false)
 	c.spiffeID(field(root, "spiffe_id"), i.GetSpiffeId())
 	c.optionalDNSLabel(field(root, "service_account"), i.GetServiceAccount())
-	c.maxDuration(field(root, "svid_ttl"), i.GetSvidTtl(), maxSVIDTTL)
+	c.between(field(root, "svid_ttl"), i.GetSvidTtl(), minSVIDTTL, maxSVIDTTL)
 	names := field(root, "dns_names")
 	for n, name := range i.GetDnsNames() {
 		if reason := dnsNameProblem(name, true); c.ok() && reason != "" {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -136,30 +137,39 @@ After retire, clients must trust the new root: re-read <data-dir>/ca.pem
 				req.Timeout = durationpb.New(timeout)
 			}
 			return a.withClient(func(ctx context.Context, c *client.Client, _ []string) error {
-				stream, err := c.CA.RotateCA(ctx, req)
-				if err != nil {
-					return err
-				}
 				progress := a.stdout
 				if a.isJSON() {
 					progress = a.stderr
 				}
+				// A rotation is resumable: its state is replicated, so when
+				// the leader goes away mid-rotation, the whole sequence is
+				// simply asked for again and continues where it stands. A
+				// single step is retried only if it had not started.
+				wait := timeout
+				if wait == 0 {
+					wait = 5 * time.Minute
+				}
+				deadline := time.Now().Add(wait)
+				backoff := 500 * time.Millisecond
 				var last *meshfedv1.RotateCAProgress
 				for {
-					p, err := stream.Recv()
-					if errors.Is(err, io.EOF) {
+					var started bool
+					var err error
+					last, started, err = a.rotateOnce(ctx, c, req, progress)
+					if err == nil {
 						break
 					}
-					if err != nil {
+					if status.Code(err) != codes.Unavailable || time.Now().Add(backoff).After(deadline) ||
+						(started && req.GetStep() != meshfedv1.RotationStep_ROTATION_STEP_UNSPECIFIED) {
 						return err
 					}
-					last = p
-					// The final message of a whole rotation names no step.
-					if step := enumString(p.GetStep()); step != "" {
-						fmt.Fprintf(progress, "[%s] %s\n", step, p.GetMessage())
-					} else {
-						fmt.Fprintln(progress, p.GetMessage())
+					fmt.Fprintf(progress, "no leader reachable (%s); retrying in %s\n", status.Convert(err).Message(), backoff)
+					select {
+					case <-ctx.Done():
+						return ctx.Err()
+					case <-time.After(backoff):
 					}
+					backoff = min(2*backoff, 5*time.Second)
 				}
 				if last == nil {
 					return errors.New("the server ended the rotation without reporting progress")
@@ -180,6 +190,32 @@ After retire, clients must trust the new root: re-read <data-dir>/ca.pem
 	f.BoolVar(&force, "force", false, "activate before every watcher has the new bundle, retire while SVIDs still chain to the old root")
 	f.DurationVar(&timeout, "timeout", 0, "how long to wait for propagation (0: server default, 5m)")
 	return cmd
+}
+
+// rotateOnce runs one RotateCA call, printing its progress. started says
+// whether the server reported anything before an error.
+func (a *app) rotateOnce(ctx context.Context, c *client.Client, req *meshfedv1.RotateCARequest, progress io.Writer) (*meshfedv1.RotateCAProgress, bool, error) {
+	stream, err := c.CA.RotateCA(ctx, req)
+	if err != nil {
+		return nil, false, err
+	}
+	var last *meshfedv1.RotateCAProgress
+	for {
+		p, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return last, last != nil, nil
+		}
+		if err != nil {
+			return last, last != nil, err
+		}
+		last = p
+		// The final message of a whole rotation names no step.
+		if step := enumString(p.GetStep()); step != "" {
+			fmt.Fprintf(progress, "[%s] %s\n", step, p.GetMessage())
+		} else {
+			fmt.Fprintln(progress, p.GetMessage())
+		}
+	}
 }
 
 func (a *app) caBundleCommand() *cobra.Command {

@@ -309,3 +309,74 @@ func chainsTo(chain []*x509.Certificate, roots []*x509.Certificate) bool {
 	_, err := chain[0].Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
 	return err == nil
 }
+
+// TestRotationSurvivesLeaderKill kills the leader between prepare and
+// activate: "meshfed ca rotate" run meanwhile waits for the dead server,
+// and completes once it is back. Restarting every server keeps the CA.
+func TestRotationSurvivesLeaderKill(t *testing.T) {
+	c := testharness.StartCluster(t, 3, testharness.ClusterOptions{LogLevel: "info"})
+	before := caStatus(t, c)
+	if out, errOut, err := c.RunCLI(t, "ca", "rotate", "--step", "prepare"); err != nil {
+		t.Fatalf("prepare: %v\n%s%s", err, out, errOut)
+	}
+	leader := c.Leader()
+	if err := leader.Kill(); err != nil {
+		t.Fatal(err)
+	}
+
+	// The rest of the rotation, started while a server is dead: activate
+	// cannot confirm the dead server's watchers, so it waits.
+	type result struct {
+		out, errOut string
+		err         error
+	}
+	done := make(chan result, 1)
+	go func() {
+		out, errOut, err := c.RunCLI(t, "ca", "rotate", "--timeout", "90s")
+		done <- result{out, errOut, err}
+	}()
+	if err := leader.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := leader.WaitReady(60 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(100 * time.Second):
+		t.Fatal("ca rotate did not finish")
+	}
+	if r.err != nil {
+		t.Fatalf("ca rotate after the leader was killed: %v\n%s\n%s", r.err, r.out, r.errOut)
+	}
+	t.Logf("ca rotate printed:\n%s", r.out)
+	if !strings.Contains(r.out, "resuming") || !strings.Contains(r.out, "is retired") {
+		t.Fatalf("ca rotate did not resume and finish:\n%s", r.out)
+	}
+	after := caStatus(t, c)
+	if len(after.GetAuthorities()) != len(before.GetAuthorities())+1 || activeID(after) == activeID(before) {
+		t.Fatalf("authorities after the rotation: %v (before: %v)", after.GetAuthorities(), before.GetAuthorities())
+	}
+
+	// Restarting every server keeps the CA: no new root appears.
+	for _, s := range c.Servers {
+		if err := s.Restart(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, s := range c.Servers {
+		if err := s.WaitReady(60 * time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	again := caStatus(t, c)
+	if len(again.GetAuthorities()) != len(after.GetAuthorities()) || activeID(again) != activeID(after) {
+		t.Fatalf("authorities after restarting every server: %v, want %v", again.GetAuthorities(), after.GetAuthorities())
+	}
+	w := startWorkload(t, c, "web", false)
+	if got := w.cl.Status().AuthorityID; got != activeID(after) {
+		t.Fatalf("after the restarts SVIDs come from %q, want %q", got, activeID(after))
+	}
+	w.cl.Close()
+}
