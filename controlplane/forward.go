@@ -2,7 +2,9 @@ package controlplane
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"sync"
 	"time"
 
@@ -155,4 +157,30 @@ type errConn struct{ err error }
 func (e errConn) Invoke(context.Context, string, any, any, ...grpc.CallOption) error { return e.err }
 func (e errConn) NewStream(context.Context, *grpc.StreamDesc, string, ...grpc.CallOption) (grpc.ClientStream, error) {
 	return nil, e.err
+}
+
+// relayToLeader runs a server-streaming call on the leader and relays what
+// it sends: call opens the stream on the leader's connection with the
+// caller's credentials, send delivers each message to the caller.
+func relayToLeader[T any](ctx context.Context, f *forwarder, call func(context.Context, *grpc.ClientConn) (grpc.ServerStreamingClient[T], error), send func(*T) error) error {
+	conn, err := f.leaderConn(ctx)
+	if err != nil {
+		return err
+	}
+	up, err := call(outgoing(ctx), conn)
+	if err != nil {
+		return err
+	}
+	for {
+		m, err := up.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if err := send(m); err != nil {
+			return err
+		}
+	}
 }

@@ -4,10 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"strings"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -79,26 +79,9 @@ func (a *apiServer) RotateCA(req *meshfedv1.RotateCARequest, stream meshfedv1.CA
 	s := a.s
 	ctx := stream.Context()
 	if !s.isLeader() && !isForwarded(ctx) {
-		conn, err := s.fwd.leaderConn(ctx)
-		if err != nil {
-			return err
-		}
-		up, err := meshfedv1.NewCAServiceClient(conn).RotateCA(outgoing(ctx), req)
-		if err != nil {
-			return err
-		}
-		for {
-			p, err := up.Recv()
-			if errors.Is(err, io.EOF) {
-				return nil
-			}
-			if err != nil {
-				return err
-			}
-			if err := stream.Send(p); err != nil {
-				return err
-			}
-		}
+		return relayToLeader(ctx, s.fwd, func(ctx context.Context, conn *grpc.ClientConn) (grpc.ServerStreamingClient[meshfedv1.RotateCAProgress], error) {
+			return meshfedv1.NewCAServiceClient(conn).RotateCA(ctx, req)
+		}, stream.Send)
 	}
 	timeout := defaultRotationTimeout
 	if req.GetTimeout() != nil {

@@ -3,6 +3,7 @@ package controlplane
 import (
 	"bufio"
 	"compress/gzip"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -57,26 +59,9 @@ func (a *apiServer) SaveSnapshot(req *meshfedv1.SaveSnapshotRequest, stream mesh
 	s := a.s
 	ctx := stream.Context()
 	if !s.isLeader() && !isForwarded(ctx) {
-		conn, err := s.fwd.leaderConn(ctx)
-		if err != nil {
-			return err
-		}
-		up, err := meshfedv1.NewClusterServiceClient(conn).SaveSnapshot(outgoing(ctx), req)
-		if err != nil {
-			return err
-		}
-		for {
-			c, err := up.Recv()
-			if errors.Is(err, io.EOF) {
-				return nil
-			}
-			if err != nil {
-				return err
-			}
-			if err := stream.Send(c); err != nil {
-				return err
-			}
-		}
+		return relayToLeader(ctx, s.fwd, func(ctx context.Context, conn *grpc.ClientConn) (grpc.ServerStreamingClient[meshfedv1.SnapshotChunk], error) {
+			return meshfedv1.NewClusterServiceClient(conn).SaveSnapshot(ctx, req)
+		}, stream.Send)
 	}
 	if err := s.consistentRead(ctx); err != nil {
 		return err
