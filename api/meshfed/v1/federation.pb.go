@@ -98,8 +98,17 @@ type Peering struct {
 	ImportedServices uint32                 `protobuf:"varint,8,opt,name=imported_services,json=importedServices,proto3" json:"imported_services,omitempty"`
 	ExportedServices uint32                 `protobuf:"varint,9,opt,name=exported_services,json=exportedServices,proto3" json:"exported_services,omitempty"`
 	LastError        string                 `protobuf:"bytes,10,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Acceptor, while PENDING: SHA-256 of the token's one-time secret and
+	// when the token expires. Kept by the server; never returned.
+	SecretHash      []byte                 `protobuf:"bytes,11,opt,name=secret_hash,json=secretHash,proto3" json:"secret_hash,omitempty"`
+	TokenExpireTime *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=token_expire_time,json=tokenExpireTime,proto3" json:"token_expire_time,omitempty"`
+	// Dialer, until the first exchange spends it: the token's secret. Kept by
+	// the server; never returned.
+	Secret string `protobuf:"bytes,13,opt,name=secret,proto3" json:"secret,omitempty"`
+	// The peer's trust bundle, as last received from it.
+	PeerBundle    *TrustBundle `protobuf:"bytes,14,opt,name=peer_bundle,json=peerBundle,proto3" json:"peer_bundle,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Peering) Reset() {
@@ -200,6 +209,34 @@ func (x *Peering) GetLastError() string {
 		return x.LastError
 	}
 	return ""
+}
+
+func (x *Peering) GetSecretHash() []byte {
+	if x != nil {
+		return x.SecretHash
+	}
+	return nil
+}
+
+func (x *Peering) GetTokenExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.TokenExpireTime
+	}
+	return nil
+}
+
+func (x *Peering) GetSecret() string {
+	if x != nil {
+		return x.Secret
+	}
+	return ""
+}
+
+func (x *Peering) GetPeerBundle() *TrustBundle {
+	if x != nil {
+		return x.PeerBundle
+	}
+	return nil
 }
 
 // ServiceExport makes a local service visible to peers.
@@ -719,6 +756,8 @@ type PeerMessage struct {
 	//	*PeerMessage_ServiceDelete
 	//	*PeerMessage_Heartbeat
 	//	*PeerMessage_SyncComplete
+	//	*PeerMessage_BundleAck
+	//	*PeerMessage_Close
 	Message       isPeerMessage_Message `protobuf_oneof:"message"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -815,6 +854,24 @@ func (x *PeerMessage) GetSyncComplete() *PeerSyncComplete {
 	return nil
 }
 
+func (x *PeerMessage) GetBundleAck() *PeerBundleAck {
+	if x != nil {
+		if x, ok := x.Message.(*PeerMessage_BundleAck); ok {
+			return x.BundleAck
+		}
+	}
+	return nil
+}
+
+func (x *PeerMessage) GetClose() *PeerClose {
+	if x != nil {
+		if x, ok := x.Message.(*PeerMessage_Close); ok {
+			return x.Close
+		}
+	}
+	return nil
+}
+
 type isPeerMessage_Message interface {
 	isPeerMessage_Message()
 }
@@ -843,6 +900,14 @@ type PeerMessage_SyncComplete struct {
 	SyncComplete *PeerSyncComplete `protobuf:"bytes,6,opt,name=sync_complete,json=syncComplete,proto3,oneof"`
 }
 
+type PeerMessage_BundleAck struct {
+	BundleAck *PeerBundleAck `protobuf:"bytes,7,opt,name=bundle_ack,json=bundleAck,proto3,oneof"`
+}
+
+type PeerMessage_Close struct {
+	Close *PeerClose `protobuf:"bytes,8,opt,name=close,proto3,oneof"`
+}
+
 func (*PeerMessage_Open) isPeerMessage_Message() {}
 
 func (*PeerMessage_Bundle) isPeerMessage_Message() {}
@@ -855,7 +920,11 @@ func (*PeerMessage_Heartbeat) isPeerMessage_Message() {}
 
 func (*PeerMessage_SyncComplete) isPeerMessage_Message() {}
 
-// PeerOpen is the first message of a stream.
+func (*PeerMessage_BundleAck) isPeerMessage_Message() {}
+
+func (*PeerMessage_Close) isPeerMessage_Message() {}
+
+// PeerOpen is the first message of a stream, from each side.
 type PeerOpen struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	Cluster     string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
@@ -1021,6 +1090,98 @@ func (*PeerHeartbeat) Descriptor() ([]byte, []int) {
 	return file_meshfed_v1_federation_proto_rawDescGZIP(), []int{13}
 }
 
+// PeerBundleAck says the receiver stored the sender's bundle of this
+// sequence, so the sender's CA rotation can count the peer as updated.
+type PeerBundleAck struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sequence      uint64                 `protobuf:"varint,1,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PeerBundleAck) Reset() {
+	*x = PeerBundleAck{}
+	mi := &file_meshfed_v1_federation_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PeerBundleAck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PeerBundleAck) ProtoMessage() {}
+
+func (x *PeerBundleAck) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_v1_federation_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PeerBundleAck.ProtoReflect.Descriptor instead.
+func (*PeerBundleAck) Descriptor() ([]byte, []int) {
+	return file_meshfed_v1_federation_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *PeerBundleAck) GetSequence() uint64 {
+	if x != nil {
+		return x.Sequence
+	}
+	return 0
+}
+
+// PeerClose ends a peering: the receiver deletes its side (the peering, its
+// imports and the sender's bundle).
+type PeerClose struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Reason        string                 `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PeerClose) Reset() {
+	*x = PeerClose{}
+	mi := &file_meshfed_v1_federation_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PeerClose) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PeerClose) ProtoMessage() {}
+
+func (x *PeerClose) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_v1_federation_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PeerClose.ProtoReflect.Descriptor instead.
+func (*PeerClose) Descriptor() ([]byte, []int) {
+	return file_meshfed_v1_federation_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *PeerClose) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 type PeerSyncComplete struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Index         uint64                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
@@ -1030,7 +1191,7 @@ type PeerSyncComplete struct {
 
 func (x *PeerSyncComplete) Reset() {
 	*x = PeerSyncComplete{}
-	mi := &file_meshfed_v1_federation_proto_msgTypes[14]
+	mi := &file_meshfed_v1_federation_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1042,7 +1203,7 @@ func (x *PeerSyncComplete) String() string {
 func (*PeerSyncComplete) ProtoMessage() {}
 
 func (x *PeerSyncComplete) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_v1_federation_proto_msgTypes[14]
+	mi := &file_meshfed_v1_federation_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1055,7 +1216,7 @@ func (x *PeerSyncComplete) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerSyncComplete.ProtoReflect.Descriptor instead.
 func (*PeerSyncComplete) Descriptor() ([]byte, []int) {
-	return file_meshfed_v1_federation_proto_rawDescGZIP(), []int{14}
+	return file_meshfed_v1_federation_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *PeerSyncComplete) GetIndex() uint64 {
@@ -1070,7 +1231,7 @@ var File_meshfed_v1_federation_proto protoreflect.FileDescriptor
 const file_meshfed_v1_federation_proto_rawDesc = "" +
 	"\n" +
 	"\x1bmeshfed/v1/federation.proto\x12\n" +
-	"meshfed.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13meshfed/v1/ca.proto\x1a\x18meshfed/v1/catalog.proto\x1a\x15meshfed/v1/meta.proto\"\xa6\x03\n" +
+	"meshfed.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13meshfed/v1/ca.proto\x1a\x18meshfed/v1/catalog.proto\x1a\x15meshfed/v1/meta.proto\"\xe1\x04\n" +
 	"\aPeering\x12$\n" +
 	"\x04meta\x18\x01 \x01(\v2\x10.meshfed.v1.MetaR\x04meta\x12.\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x18.meshfed.v1.PeeringStateR\x05state\x12!\n" +
@@ -1083,7 +1244,13 @@ const file_meshfed_v1_federation_proto_rawDesc = "" +
 	"\x11exported_services\x18\t \x01(\rR\x10exportedServices\x12\x1d\n" +
 	"\n" +
 	"last_error\x18\n" +
-	" \x01(\tR\tlastError\"K\n" +
+	" \x01(\tR\tlastError\x12\x1f\n" +
+	"\vsecret_hash\x18\v \x01(\fR\n" +
+	"secretHash\x12F\n" +
+	"\x11token_expire_time\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\x0ftokenExpireTime\x12\x16\n" +
+	"\x06secret\x18\r \x01(\tR\x06secret\x128\n" +
+	"\vpeer_bundle\x18\x0e \x01(\v2\x17.meshfed.v1.TrustBundleR\n" +
+	"peerBundle\"K\n" +
 	"\rServiceExport\x12$\n" +
 	"\x04meta\x18\x01 \x01(\v2\x10.meshfed.v1.MetaR\x04meta\x12\x14\n" +
 	"\x05peers\x18\x02 \x03(\tR\x05peers\"\xb8\x02\n" +
@@ -1114,14 +1281,17 @@ const file_meshfed_v1_federation_proto_rawDesc = "" +
 	"\x1cListImportedServicesResponse\x127\n" +
 	"\bservices\x18\x01 \x03(\v2\x1b.meshfed.v1.ImportedServiceR\bservices\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x14\n" +
-	"\x05index\x18\x03 \x01(\x04R\x05index\"\x85\x03\n" +
+	"\x05index\x18\x03 \x01(\x04R\x05index\"\xf0\x03\n" +
 	"\vPeerMessage\x12*\n" +
 	"\x04open\x18\x01 \x01(\v2\x14.meshfed.v1.PeerOpenH\x00R\x04open\x121\n" +
 	"\x06bundle\x18\x02 \x01(\v2\x17.meshfed.v1.TrustBundleH\x00R\x06bundle\x12D\n" +
 	"\x0eservice_upsert\x18\x03 \x01(\v2\x1b.meshfed.v1.ImportedServiceH\x00R\rserviceUpsert\x12F\n" +
 	"\x0eservice_delete\x18\x04 \x01(\v2\x1d.meshfed.v1.PeerServiceDeleteH\x00R\rserviceDelete\x129\n" +
 	"\theartbeat\x18\x05 \x01(\v2\x19.meshfed.v1.PeerHeartbeatH\x00R\theartbeat\x12C\n" +
-	"\rsync_complete\x18\x06 \x01(\v2\x1c.meshfed.v1.PeerSyncCompleteH\x00R\fsyncCompleteB\t\n" +
+	"\rsync_complete\x18\x06 \x01(\v2\x1c.meshfed.v1.PeerSyncCompleteH\x00R\fsyncComplete\x12:\n" +
+	"\n" +
+	"bundle_ack\x18\a \x01(\v2\x19.meshfed.v1.PeerBundleAckH\x00R\tbundleAck\x12-\n" +
+	"\x05close\x18\b \x01(\v2\x15.meshfed.v1.PeerCloseH\x00R\x05closeB\t\n" +
 	"\amessage\"\xb5\x01\n" +
 	"\bPeerOpen\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12!\n" +
@@ -1132,7 +1302,11 @@ const file_meshfed_v1_federation_proto_rawDesc = "" +
 	"\x11PeerServiceDelete\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\"\x0f\n" +
-	"\rPeerHeartbeat\"(\n" +
+	"\rPeerHeartbeat\"+\n" +
+	"\rPeerBundleAck\x12\x1a\n" +
+	"\bsequence\x18\x01 \x01(\x04R\bsequence\"#\n" +
+	"\tPeerClose\x12\x16\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\"(\n" +
 	"\x10PeerSyncComplete\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index*\xbe\x01\n" +
 	"\fPeeringState\x12\x1d\n" +
@@ -1170,7 +1344,7 @@ func file_meshfed_v1_federation_proto_rawDescGZIP() []byte {
 }
 
 var file_meshfed_v1_federation_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_meshfed_v1_federation_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_meshfed_v1_federation_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_meshfed_v1_federation_proto_goTypes = []any{
 	(PeeringState)(0),                    // 0: meshfed.v1.PeeringState
 	(*Peering)(nil),                      // 1: meshfed.v1.Peering
@@ -1187,64 +1361,70 @@ var file_meshfed_v1_federation_proto_goTypes = []any{
 	(*PeerOpen)(nil),                     // 12: meshfed.v1.PeerOpen
 	(*PeerServiceDelete)(nil),            // 13: meshfed.v1.PeerServiceDelete
 	(*PeerHeartbeat)(nil),                // 14: meshfed.v1.PeerHeartbeat
-	(*PeerSyncComplete)(nil),             // 15: meshfed.v1.PeerSyncComplete
-	(*Meta)(nil),                         // 16: meshfed.v1.Meta
-	(*timestamppb.Timestamp)(nil),        // 17: google.protobuf.Timestamp
-	(*Service)(nil),                      // 18: meshfed.v1.Service
-	(*Endpoint)(nil),                     // 19: meshfed.v1.Endpoint
+	(*PeerBundleAck)(nil),                // 15: meshfed.v1.PeerBundleAck
+	(*PeerClose)(nil),                    // 16: meshfed.v1.PeerClose
+	(*PeerSyncComplete)(nil),             // 17: meshfed.v1.PeerSyncComplete
+	(*Meta)(nil),                         // 18: meshfed.v1.Meta
+	(*timestamppb.Timestamp)(nil),        // 19: google.protobuf.Timestamp
 	(*TrustBundle)(nil),                  // 20: meshfed.v1.TrustBundle
-	(*GetRequest)(nil),                   // 21: meshfed.v1.GetRequest
-	(*ListRequest)(nil),                  // 22: meshfed.v1.ListRequest
-	(*DeleteRequest)(nil),                // 23: meshfed.v1.DeleteRequest
-	(*DeleteResponse)(nil),               // 24: meshfed.v1.DeleteResponse
+	(*Service)(nil),                      // 21: meshfed.v1.Service
+	(*Endpoint)(nil),                     // 22: meshfed.v1.Endpoint
+	(*GetRequest)(nil),                   // 23: meshfed.v1.GetRequest
+	(*ListRequest)(nil),                  // 24: meshfed.v1.ListRequest
+	(*DeleteRequest)(nil),                // 25: meshfed.v1.DeleteRequest
+	(*DeleteResponse)(nil),               // 26: meshfed.v1.DeleteResponse
 }
 var file_meshfed_v1_federation_proto_depIdxs = []int32{
-	16, // 0: meshfed.v1.Peering.meta:type_name -> meshfed.v1.Meta
+	18, // 0: meshfed.v1.Peering.meta:type_name -> meshfed.v1.Meta
 	0,  // 1: meshfed.v1.Peering.state:type_name -> meshfed.v1.PeeringState
-	17, // 2: meshfed.v1.Peering.last_sync:type_name -> google.protobuf.Timestamp
-	16, // 3: meshfed.v1.ServiceExport.meta:type_name -> meshfed.v1.Meta
-	16, // 4: meshfed.v1.ImportedService.meta:type_name -> meshfed.v1.Meta
-	18, // 5: meshfed.v1.ImportedService.service:type_name -> meshfed.v1.Service
-	19, // 6: meshfed.v1.ImportedService.endpoints:type_name -> meshfed.v1.Endpoint
-	17, // 7: meshfed.v1.ImportedService.last_sync:type_name -> google.protobuf.Timestamp
-	1,  // 8: meshfed.v1.ListPeeringsResponse.peerings:type_name -> meshfed.v1.Peering
-	2,  // 9: meshfed.v1.SetServiceExportRequest.export:type_name -> meshfed.v1.ServiceExport
-	2,  // 10: meshfed.v1.ListServiceExportsResponse.exports:type_name -> meshfed.v1.ServiceExport
-	3,  // 11: meshfed.v1.ListImportedServicesResponse.services:type_name -> meshfed.v1.ImportedService
-	12, // 12: meshfed.v1.PeerMessage.open:type_name -> meshfed.v1.PeerOpen
-	20, // 13: meshfed.v1.PeerMessage.bundle:type_name -> meshfed.v1.TrustBundle
-	3,  // 14: meshfed.v1.PeerMessage.service_upsert:type_name -> meshfed.v1.ImportedService
-	13, // 15: meshfed.v1.PeerMessage.service_delete:type_name -> meshfed.v1.PeerServiceDelete
-	14, // 16: meshfed.v1.PeerMessage.heartbeat:type_name -> meshfed.v1.PeerHeartbeat
-	15, // 17: meshfed.v1.PeerMessage.sync_complete:type_name -> meshfed.v1.PeerSyncComplete
-	20, // 18: meshfed.v1.PeerOpen.bundle:type_name -> meshfed.v1.TrustBundle
-	4,  // 19: meshfed.v1.PeeringService.GeneratePeeringToken:input_type -> meshfed.v1.GeneratePeeringTokenRequest
-	6,  // 20: meshfed.v1.PeeringService.EstablishPeering:input_type -> meshfed.v1.EstablishPeeringRequest
-	21, // 21: meshfed.v1.PeeringService.GetPeering:input_type -> meshfed.v1.GetRequest
-	22, // 22: meshfed.v1.PeeringService.ListPeerings:input_type -> meshfed.v1.ListRequest
-	23, // 23: meshfed.v1.PeeringService.DeletePeering:input_type -> meshfed.v1.DeleteRequest
-	8,  // 24: meshfed.v1.PeeringService.SetServiceExport:input_type -> meshfed.v1.SetServiceExportRequest
-	21, // 25: meshfed.v1.PeeringService.GetServiceExport:input_type -> meshfed.v1.GetRequest
-	22, // 26: meshfed.v1.PeeringService.ListServiceExports:input_type -> meshfed.v1.ListRequest
-	23, // 27: meshfed.v1.PeeringService.DeleteServiceExport:input_type -> meshfed.v1.DeleteRequest
-	22, // 28: meshfed.v1.PeeringService.ListImportedServices:input_type -> meshfed.v1.ListRequest
-	11, // 29: meshfed.v1.PeerStreamService.Stream:input_type -> meshfed.v1.PeerMessage
-	5,  // 30: meshfed.v1.PeeringService.GeneratePeeringToken:output_type -> meshfed.v1.GeneratePeeringTokenResponse
-	1,  // 31: meshfed.v1.PeeringService.EstablishPeering:output_type -> meshfed.v1.Peering
-	1,  // 32: meshfed.v1.PeeringService.GetPeering:output_type -> meshfed.v1.Peering
-	7,  // 33: meshfed.v1.PeeringService.ListPeerings:output_type -> meshfed.v1.ListPeeringsResponse
-	24, // 34: meshfed.v1.PeeringService.DeletePeering:output_type -> meshfed.v1.DeleteResponse
-	2,  // 35: meshfed.v1.PeeringService.SetServiceExport:output_type -> meshfed.v1.ServiceExport
-	2,  // 36: meshfed.v1.PeeringService.GetServiceExport:output_type -> meshfed.v1.ServiceExport
-	9,  // 37: meshfed.v1.PeeringService.ListServiceExports:output_type -> meshfed.v1.ListServiceExportsResponse
-	24, // 38: meshfed.v1.PeeringService.DeleteServiceExport:output_type -> meshfed.v1.DeleteResponse
-	10, // 39: meshfed.v1.PeeringService.ListImportedServices:output_type -> meshfed.v1.ListImportedServicesResponse
-	11, // 40: meshfed.v1.PeerStreamService.Stream:output_type -> meshfed.v1.PeerMessage
-	30, // [30:41] is the sub-list for method output_type
-	19, // [19:30] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	19, // 2: meshfed.v1.Peering.last_sync:type_name -> google.protobuf.Timestamp
+	19, // 3: meshfed.v1.Peering.token_expire_time:type_name -> google.protobuf.Timestamp
+	20, // 4: meshfed.v1.Peering.peer_bundle:type_name -> meshfed.v1.TrustBundle
+	18, // 5: meshfed.v1.ServiceExport.meta:type_name -> meshfed.v1.Meta
+	18, // 6: meshfed.v1.ImportedService.meta:type_name -> meshfed.v1.Meta
+	21, // 7: meshfed.v1.ImportedService.service:type_name -> meshfed.v1.Service
+	22, // 8: meshfed.v1.ImportedService.endpoints:type_name -> meshfed.v1.Endpoint
+	19, // 9: meshfed.v1.ImportedService.last_sync:type_name -> google.protobuf.Timestamp
+	1,  // 10: meshfed.v1.ListPeeringsResponse.peerings:type_name -> meshfed.v1.Peering
+	2,  // 11: meshfed.v1.SetServiceExportRequest.export:type_name -> meshfed.v1.ServiceExport
+	2,  // 12: meshfed.v1.ListServiceExportsResponse.exports:type_name -> meshfed.v1.ServiceExport
+	3,  // 13: meshfed.v1.ListImportedServicesResponse.services:type_name -> meshfed.v1.ImportedService
+	12, // 14: meshfed.v1.PeerMessage.open:type_name -> meshfed.v1.PeerOpen
+	20, // 15: meshfed.v1.PeerMessage.bundle:type_name -> meshfed.v1.TrustBundle
+	3,  // 16: meshfed.v1.PeerMessage.service_upsert:type_name -> meshfed.v1.ImportedService
+	13, // 17: meshfed.v1.PeerMessage.service_delete:type_name -> meshfed.v1.PeerServiceDelete
+	14, // 18: meshfed.v1.PeerMessage.heartbeat:type_name -> meshfed.v1.PeerHeartbeat
+	17, // 19: meshfed.v1.PeerMessage.sync_complete:type_name -> meshfed.v1.PeerSyncComplete
+	15, // 20: meshfed.v1.PeerMessage.bundle_ack:type_name -> meshfed.v1.PeerBundleAck
+	16, // 21: meshfed.v1.PeerMessage.close:type_name -> meshfed.v1.PeerClose
+	20, // 22: meshfed.v1.PeerOpen.bundle:type_name -> meshfed.v1.TrustBundle
+	4,  // 23: meshfed.v1.PeeringService.GeneratePeeringToken:input_type -> meshfed.v1.GeneratePeeringTokenRequest
+	6,  // 24: meshfed.v1.PeeringService.EstablishPeering:input_type -> meshfed.v1.EstablishPeeringRequest
+	23, // 25: meshfed.v1.PeeringService.GetPeering:input_type -> meshfed.v1.GetRequest
+	24, // 26: meshfed.v1.PeeringService.ListPeerings:input_type -> meshfed.v1.ListRequest
+	25, // 27: meshfed.v1.PeeringService.DeletePeering:input_type -> meshfed.v1.DeleteRequest
+	8,  // 28: meshfed.v1.PeeringService.SetServiceExport:input_type -> meshfed.v1.SetServiceExportRequest
+	23, // 29: meshfed.v1.PeeringService.GetServiceExport:input_type -> meshfed.v1.GetRequest
+	24, // 30: meshfed.v1.PeeringService.ListServiceExports:input_type -> meshfed.v1.ListRequest
+	25, // 31: meshfed.v1.PeeringService.DeleteServiceExport:input_type -> meshfed.v1.DeleteRequest
+	24, // 32: meshfed.v1.PeeringService.ListImportedServices:input_type -> meshfed.v1.ListRequest
+	11, // 33: meshfed.v1.PeerStreamService.Stream:input_type -> meshfed.v1.PeerMessage
+	5,  // 34: meshfed.v1.PeeringService.GeneratePeeringToken:output_type -> meshfed.v1.GeneratePeeringTokenResponse
+	1,  // 35: meshfed.v1.PeeringService.EstablishPeering:output_type -> meshfed.v1.Peering
+	1,  // 36: meshfed.v1.PeeringService.GetPeering:output_type -> meshfed.v1.Peering
+	7,  // 37: meshfed.v1.PeeringService.ListPeerings:output_type -> meshfed.v1.ListPeeringsResponse
+	26, // 38: meshfed.v1.PeeringService.DeletePeering:output_type -> meshfed.v1.DeleteResponse
+	2,  // 39: meshfed.v1.PeeringService.SetServiceExport:output_type -> meshfed.v1.ServiceExport
+	2,  // 40: meshfed.v1.PeeringService.GetServiceExport:output_type -> meshfed.v1.ServiceExport
+	9,  // 41: meshfed.v1.PeeringService.ListServiceExports:output_type -> meshfed.v1.ListServiceExportsResponse
+	26, // 42: meshfed.v1.PeeringService.DeleteServiceExport:output_type -> meshfed.v1.DeleteResponse
+	10, // 43: meshfed.v1.PeeringService.ListImportedServices:output_type -> meshfed.v1.ListImportedServicesResponse
+	11, // 44: meshfed.v1.PeerStreamService.Stream:output_type -> meshfed.v1.PeerMessage
+	34, // [34:45] is the sub-list for method output_type
+	23, // [23:34] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_meshfed_v1_federation_proto_init() }
@@ -1262,6 +1442,8 @@ func file_meshfed_v1_federation_proto_init() {
 		(*PeerMessage_ServiceDelete)(nil),
 		(*PeerMessage_Heartbeat)(nil),
 		(*PeerMessage_SyncComplete)(nil),
+		(*PeerMessage_BundleAck)(nil),
+		(*PeerMessage_Close)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1269,7 +1451,7 @@ func file_meshfed_v1_federation_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshfed_v1_federation_proto_rawDesc), len(file_meshfed_v1_federation_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   15,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   2,
 		},
