@@ -32,8 +32,6 @@ const (
 	permJoin
 	// permServer: another server of this cluster (mTLS server identity).
 	permServer
-	// permWorkload: workload-join tokens or workload SVIDs.
-	permWorkload
 	// permSelf: the handler authenticates the caller itself (a token in the
 	// request body, or the TLS client certificate).
 	permSelf
@@ -82,7 +80,9 @@ func policyFor(fullMethod string) methodPolicy {
 	case svc == "meshfed.v1.WorkloadIdentityService" && m == "WatchBundle":
 		return methodPolicy{permBundle, fwdNever}
 	case svc == "meshfed.v1.PeerStreamService":
-		return methodPolicy{permWorkload, fwdNever}
+		// A peer cluster: the handler checks its peering secret or its
+		// server certificate against the peer's bundle.
+		return methodPolicy{permSelf, fwdNever}
 	case strings.HasPrefix(m, "Watch"):
 		return methodPolicy{permRead, fwdNever}
 	case strings.HasPrefix(m, "Get") || strings.HasPrefix(m, "List") || strings.HasPrefix(m, "Resolve") || m == "WhoAmI":
@@ -190,10 +190,6 @@ func (s *Server) authenticate(ctx context.Context, full string, pol methodPolicy
 		}
 	case permServer:
 		if c.serverID != "" {
-			return c, nil
-		}
-	case permWorkload:
-		if c.token != nil || c.serverID != "" {
 			return c, nil
 		}
 	case permSelf:

@@ -68,6 +68,10 @@ type Config struct {
 	// intermediateTTL is the lifetime of generated intermediates (default
 	// ca.DefaultIntermediateTTL); CA settings will make it configurable.
 	intermediateTTL time.Duration
+	// peerHeartbeat is how often a peer session sends heartbeats (default
+	// federation.DefaultHeartbeat); peerBackoff the first wait before a
+	// dialer reconnects (default one second).
+	peerHeartbeat, peerBackoff time.Duration
 
 	// Raft timing; zero values take defaults tuned for a LAN.
 	HeartbeatTimeout   time.Duration

@@ -75,6 +75,12 @@ func (s *Server) lead(ctx context.Context) {
 	}
 	s.startAutopilot(ctx)
 	defer s.stopAutopilot()
+	linksDone := make(chan struct{})
+	go func() {
+		defer close(linksDone)
+		s.runPeerLinks(ctx)
+	}()
+	defer func() { <-linksDone }()
 
 	for {
 		ws := memdb.NewWatchSet()

@@ -60,6 +60,8 @@ type Server struct {
 	identities identityIndex
 	// watchers are the bundle watchers connected to this server.
 	watchers *bundleWatchers
+	// links are the peer sessions this server runs.
+	links *peerLinks
 	// renewChecks caches which authority a renewing client's SVID chains to.
 	renewChecks svidCheckCache
 
@@ -94,6 +96,7 @@ func New(cfg Config) (*Server, error) {
 		td:          td,
 		joinedNodes: map[string]time.Time{},
 		watchers:    newBundleWatchers(),
+		links:       newPeerLinks(),
 	}, nil
 }
 
@@ -192,6 +195,7 @@ func (s *Server) start(ctx context.Context) error {
 
 	s.goRun(ctx, s.leaderLoop)
 	s.goRun(ctx, s.id.maintain)
+	s.goRun(ctx, s.followPeerBundles)
 	s.goRun(ctx, s.ensureMembership)
 	s.log.Info("server started", "cluster", s.cfg.Cluster, "trust_domain", s.cfg.TrustDomain,
 		"api", s.cfg.APIAddr, "raft", s.cfg.RaftAddr, "http", s.cfg.HTTPAddr, "version", Version, "dev", s.cfg.Dev)

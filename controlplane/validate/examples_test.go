@@ -118,7 +118,7 @@ func validServiceExport() *meshfedv1.ServiceExport {
 
 func validImportedService() *meshfedv1.ImportedService {
 	return &meshfedv1.ImportedService{
-		Meta:    &meshfedv1.Meta{Namespace: "default", Name: "east-web", Peer: "east"},
+		Meta:    &meshfedv1.Meta{Namespace: "default", Name: "east.web", Peer: "east"},
 		Service: validService(),
 		Endpoints: []*meshfedv1.Endpoint{
 			{Address: "10.9.0.1", Port: 15006, Health: meshfedv1.HealthStatus_HEALTH_STATUS_HEALTHY, SpiffeId: "spiffe://east.example.org/ns/default/sa/web", Version: "v1"},

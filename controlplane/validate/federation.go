@@ -21,8 +21,13 @@ func checkServiceExport(c *checker, root string, e *meshfedv1.ServiceExport) {
 }
 
 func checkImportedService(c *checker, root string, s *meshfedv1.ImportedService) {
-	c.meta(root, s.GetMeta(), true, false)
+	// Stored as "<peering>.<service>" so that peers may export services of
+	// the same name.
+	c.meta(root, s.GetMeta(), true, true)
 	c.dnsLabel(field(field(root, "meta"), "peer"), s.GetMeta().GetPeer())
+	if c.ok() && s.GetService() != nil && s.GetMeta().GetName() != s.GetMeta().GetPeer()+"."+s.GetService().GetMeta().GetName() {
+		c.failf(field(field(root, "meta"), "name"), "%q must be the peering's name, '.', and the service's name", s.GetMeta().GetName())
+	}
 	if svc := s.GetService(); svc != nil {
 		checkService(c, field(root, "service"), svc)
 	}

@@ -238,3 +238,11 @@ func (c *checker) result() error {
 // field and index build paths.
 func field(path, name string) string  { return path + "." + name }
 func index(path string, i int) string { return fmt.Sprintf("%s[%d]", path, i) }
+
+// DNSLabel checks a request field that must be a DNS label (a name the
+// server keys something by), naming field in the error.
+func DNSLabel(field, s string) error {
+	c := &checker{}
+	c.dnsLabel(field, s)
+	return c.result()
+}

@@ -27,6 +27,8 @@ type Source struct {
 	mu    sync.RWMutex
 	svid  *x509svid.SVID
 	roots []*x509.Certificate
+	// federated are the roots of peer trust domains, by trust domain name.
+	federated map[string][]*x509.Certificate
 }
 
 var (
@@ -89,11 +91,22 @@ func (s *Source) GetX509SVID() (*x509svid.SVID, error) {
 	return s.svid, nil
 }
 
-// GetX509BundleForTrustDomain implements x509bundle.Source. The same roots
-// answer for any trust domain: the authorizer decides which IDs are allowed.
+// SetFederated replaces the roots of peer trust domains (by name).
+func (s *Source) SetFederated(bundles map[string][]*x509.Certificate) {
+	s.mu.Lock()
+	s.federated = bundles
+	s.mu.Unlock()
+}
+
+// GetX509BundleForTrustDomain implements x509bundle.Source. A federated
+// trust domain answers with its own roots; any other with this process'
+// roots, and the authorizer decides which IDs are allowed.
 func (s *Source) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
+	if roots, ok := s.federated[td.Name()]; ok {
+		return x509bundle.FromX509Authorities(td, roots), nil
+	}
 	if len(s.roots) == 0 {
 		return nil, errors.New("no trusted roots")
 	}
@@ -135,6 +148,19 @@ func APIServer(src *Source) *tls.Config {
 // server holds a server identity issued under roots.
 func APIClient(roots []*x509.Certificate) *tls.Config {
 	return tls13(tlsconfig.TLSClientConfig(NewSource(roots), tlsconfig.AdaptMatcher(mfid.MatchServer())))
+}
+
+// PeerClient dials a server of a peer cluster: it verifies the server against
+// the peer's roots and requires a server identity of the peer's trust domain.
+// With src, it presents src's certificate (an established peering); without,
+// none (first contact, proven by the peering secret instead).
+func PeerClient(src *Source, peerTD spiffeid.TrustDomain, peerRoots []*x509.Certificate) *tls.Config {
+	bundle := x509bundle.FromX509Authorities(peerTD, peerRoots)
+	match := tlsconfig.AdaptMatcher(mfid.MatchServerOf(peerTD))
+	if src == nil {
+		return tls13(tlsconfig.TLSClientConfig(bundle, match))
+	}
+	return tls13(tlsconfig.MTLSClientConfig(src, bundle, match))
 }
 
 // ParseCertificatesPEM decodes every CERTIFICATE block of data.
