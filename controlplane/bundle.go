@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/go-memdb"
 	"github.com/hashicorp/raft"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	meshfedv1 "github.com/meshfed/meshfed/api/meshfed/v1"
 )
@@ -65,7 +66,11 @@ func (a *apiServer) GetTrustBundle(_ context.Context, req *meshfedv1.GetTrustBun
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	return &meshfedv1.GetTrustBundleResponse{Bundles: []*meshfedv1.TrustBundle{v.proto(a.s.td.Name())}}, nil
+	out := &meshfedv1.GetTrustBundleResponse{Bundles: []*meshfedv1.TrustBundle{v.proto(a.s.td.Name())}}
+	if req.GetFederated() {
+		out.Bundles = append(out.Bundles, a.s.federatedBundles(nil)...)
+	}
+	return out, nil
 }
 
 // WatchBundle sends the trust bundle at once and after every change, and
@@ -89,7 +94,7 @@ func (a *apiServer) WatchBundle(stream meshfedv1.WorkloadIdentityService_WatchBu
 		}
 	}()
 
-	var last *bundleView
+	var last *meshfedv1.WatchBundleResponse
 	for {
 		ws := memdb.NewWatchSet()
 		ws.Add(s.store().AbandonCh())
@@ -97,12 +102,15 @@ func (a *apiServer) WatchBundle(stream meshfedv1.WorkloadIdentityService_WatchBu
 		if err != nil {
 			return toStatus(err)
 		}
-		if len(v.roots) > 0 && (last == nil || v.sequence != last.sequence || v.activeID != last.activeID) {
-			if err := stream.Send(&meshfedv1.WatchBundleResponse{Bundle: v.proto(s.td.Name()), ActiveAuthorityId: v.activeID}); err != nil {
+		// Peers' bundles ride along: a workload trusts them to verify
+		// callers from peer clusters.
+		next := &meshfedv1.WatchBundleResponse{Bundle: v.proto(s.td.Name()), ActiveAuthorityId: v.activeID, FederatedBundles: s.federatedBundles(ws)}
+		if len(v.roots) > 0 && (last == nil || !proto.Equal(next, last)) {
+			if err := stream.Send(next); err != nil {
 				return err
 			}
 			s.watchers.sent(w, v.sequence)
-			last = &v
+			last = next
 		}
 		if err := ws.WatchCtx(ctx); err != nil {
 			if cause := context.Cause(ctx); errors.Is(cause, io.EOF) {

@@ -2,11 +2,17 @@ package controlplane
 
 import (
 	"context"
+	"crypto/x509"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	meshfedv1 "github.com/meshfed/meshfed/api/meshfed/v1"
 	"github.com/meshfed/meshfed/internal/client"
@@ -157,4 +163,90 @@ func TestPeeringExportImport(t *testing.T) {
 	_, err := wc.Peering.SetServiceExport(ctx, &meshfedv1.SetServiceExportRequest{Export: &meshfedv1.ServiceExport{
 		Meta: &meshfedv1.Meta{Namespace: "default", Name: "payments"}, Peers: []string{"nowhere"}}})
 	wantCode(t, err, codes.FailedPrecondition)
+}
+
+func TestFederatedTrustAndResolve(t *testing.T) {
+	east := startNamedCluster(t, "east", 1)
+	west := startNamedCluster(t, "west", 1)
+	ctx := context.Background()
+	peerClusters(t, east, west, "east", "west")
+	ec, wc := east.client(t, east.servers[0]), west.client(t, west.servers[0])
+
+	// payments runs in both clusters; west exports it to east.
+	registerService(t, ec, "payments", "10.1.0.1")
+	registerService(t, wc, "payments", "10.0.0.1", "10.0.0.2")
+	if _, err := wc.Peering.SetServiceExport(ctx, &meshfedv1.SetServiceExportRequest{Export: &meshfedv1.ServiceExport{
+		Meta: &meshfedv1.Meta{Namespace: "default", Name: "payments"}, Peers: []string{"east"}}}); err != nil {
+		t.Fatal(err)
+	}
+	waitImports(t, east, map[string][]string{"default/west.payments": {"10.0.0.1", "10.0.0.2"}})
+	res, err := ec.Catalog.Resolve(ctx, &meshfedv1.ResolveRequest{Name: "payments"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.GetClusters()) != 2 || res.GetClusters()[0].GetCluster() != "east" || res.GetClusters()[1].GetCluster() != "west" ||
+		res.GetClusters()[1].GetPeer() != "west" || len(res.GetClusters()[1].GetEndpoints()) != 2 {
+		t.Fatalf("resolve payments in east: %v", res.GetClusters())
+	}
+	_, err = ec.Catalog.Resolve(ctx, &meshfedv1.ResolveRequest{Name: "nothing"})
+	wantCode(t, err, codes.NotFound)
+
+	// east trusts west's roots: an SVID from west verifies against east's
+	// federated bundle.
+	fed, err := ec.CA.GetTrustBundle(ctx, &meshfedv1.GetTrustBundleRequest{Federated: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var westBundle *meshfedv1.TrustBundle
+	for _, b := range fed.GetBundles() {
+		if b.GetTrustDomain() == "west.mesh" {
+			westBundle = b
+		}
+	}
+	if westBundle == nil || westBundle.GetPeer() != "west" {
+		t.Fatalf("east's federated bundles: %v", fed.GetBundles())
+	}
+	tok, err := wc.Tokens.CreateToken(ctx, &meshfedv1.CreateTokenRequest{Kind: meshfedv1.TokenKind_TOKEN_KIND_WORKLOAD_JOIN, SpiffeId: "spiffe://west.mesh/ns/default/sa/payments", MaxUses: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svid, err := workloadClient(t, west, west.servers[0], "", nil).Workload.Attest(ctx, &meshfedv1.AttestRequest{Token: tok.GetSecret(), Csr: csrFor(t, newKey(t), nil)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	td := spiffeid.RequireTrustDomainFromString("west.mesh")
+	var roots []*x509.Certificate
+	for _, r := range westBundle.GetRootsPem() {
+		roots = append(roots, certs(t, r)...)
+	}
+	if _, _, err := x509svid.Verify(certs(t, svid.GetCertificateChainPem()), x509bundle.FromX509Authorities(td, roots)); err != nil {
+		t.Fatalf("west's SVID does not verify against east's federated bundle: %v", err)
+	}
+
+	// A rotation in west reaches east's federated bundle before west
+	// activates: activate waits for east's acknowledgement.
+	if _, err := rotate(t, wc.CA, &meshfedv1.RotateCARequest{Step: meshfedv1.RotationStep_ROTATION_STEP_PREPARE}); err != nil {
+		t.Fatal(err)
+	}
+	if err := poll(10*time.Second, func() error {
+		fed, err := ec.CA.GetTrustBundle(ctx, &meshfedv1.GetTrustBundleRequest{Federated: true})
+		if err != nil {
+			return err
+		}
+		for _, b := range fed.GetBundles() {
+			if b.GetTrustDomain() == "west.mesh" && len(b.GetRootsPem()) == 2 {
+				return nil
+			}
+		}
+		return fmt.Errorf("east does not have west's new root yet")
+	}); err != nil {
+		t.Fatal(err)
+	}
+	progress, err := rotate(t, wc.CA, &meshfedv1.RotateCARequest{Step: meshfedv1.RotationStep_ROTATION_STEP_ACTIVATE, Timeout: durationpb.New(20 * time.Second)})
+	if err != nil {
+		t.Fatalf("activate: %v (%v)", err, progress)
+	}
+	if !strings.Contains(progress[0].GetMessage(), "1 peers have the new bundle") {
+		t.Fatalf("activate did not count the peer: %q", progress[0].GetMessage())
+	}
 }

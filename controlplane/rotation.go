@@ -211,12 +211,24 @@ func (r *rotator) activate(ctx context.Context) error {
 	}
 	// Every watcher, on every server, must have acknowledged a bundle that
 	// holds the new root before anything is signed under it.
+	// So must every peer cluster, which verifies this cluster's workloads
+	// with it.
 	err = r.wait(ctx, step, func() (bool, string, error) {
 		ws, err := r.s.clusterWatcherStats(ctx, v.sequence)
 		if err != nil {
 			return false, "", err
 		}
-		return ws.current == ws.total && len(ws.unreachable) == 0, ws.String(), nil
+		behind, err := r.s.peersBehind(v.sequence)
+		if err != nil {
+			return false, "", err
+		}
+		msg := ws.String()
+		if len(behind) > 0 {
+			msg += "; peers without the new bundle: " + strings.Join(behind, ", ")
+		} else if n := r.s.establishedPeers(); n > 0 {
+			msg += fmt.Sprintf("; %d peers have the new bundle", n)
+		}
+		return ws.current == ws.total && len(ws.unreachable) == 0 && len(behind) == 0, msg, nil
 	})
 	if err != nil {
 		return err
@@ -465,4 +477,35 @@ func (a *apiServer) ImportAuthority(ctx context.Context, req *meshfedv1.ImportAu
 // algorithmName is how the CLI spells a key algorithm (ecdsa-p256).
 func algorithmName(a meshfedv1.KeyAlgorithm) string {
 	return strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(a.String(), "KEY_ALGORITHM_")), "_", "-")
+}
+
+// peersBehind names the established peerings whose peer has not
+// acknowledged bundle sequence seq (or later).
+func (s *Server) peersBehind(seq uint64) ([]string, error) {
+	all, err := s.peerings()
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, p := range all {
+		if p.GetPeerBundle() == nil || p.GetPeerTrustDomain() == "" {
+			continue
+		}
+		if s.links.ackedSeq(p.GetMeta().GetName()) < seq {
+			out = append(out, p.GetMeta().GetName())
+		}
+	}
+	return out, nil
+}
+
+// establishedPeers counts the peerings with a peer bundle.
+func (s *Server) establishedPeers() int {
+	all, _ := s.peerings()
+	n := 0
+	for _, p := range all {
+		if p.GetPeerBundle() != nil && p.GetPeerTrustDomain() != "" {
+			n++
+		}
+	}
+	return n
 }

@@ -145,6 +145,7 @@ func (s *Server) issueSVID(id spiffeid.ID, csr []byte) (*meshfedv1.SVIDResponse,
 		CertificateChainPem: string(tlsutil.EncodeCertificatesPEM(issued.Chain)),
 		BundlePem:           s.ca.BundlePEM(),
 		AuthorityId:         issued.AuthorityID,
+		FederatedBundles:    s.federatedBundles(nil),
 	}, nil
 }
 
