@@ -72,6 +72,8 @@ type Config struct {
 	// federation.DefaultHeartbeat); peerBackoff the first wait before a
 	// dialer reconnects (default one second).
 	peerHeartbeat, peerBackoff time.Duration
+	// peerDial, when set, dials peer clusters (tests cut the link with it).
+	peerDial func(ctx context.Context, addr string) (net.Conn, error)
 
 	// Raft timing; zero values take defaults tuned for a LAN.
 	HeartbeatTimeout   time.Duration

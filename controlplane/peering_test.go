@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/x509"
 	"fmt"
+	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -249,4 +251,151 @@ func TestFederatedTrustAndResolve(t *testing.T) {
 	if !strings.Contains(progress[0].GetMessage(), "1 peers have the new bundle") {
 		t.Fatalf("activate did not count the peer: %q", progress[0].GetMessage())
 	}
+}
+
+// linkSwitch dials peer clusters while on; switching it off closes what it
+// opened and refuses new connections, cutting a peering link.
+type linkSwitch struct {
+	mu    sync.Mutex
+	off   bool
+	conns []net.Conn
+}
+
+func (l *linkSwitch) dial(ctx context.Context, addr string) (net.Conn, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.off {
+		return nil, fmt.Errorf("dial %s: link cut by test", addr)
+	}
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err == nil {
+		l.conns = append(l.conns, c)
+	}
+	return c, err
+}
+
+func (l *linkSwitch) set(on bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.off = !on
+	if !on {
+		for _, c := range l.conns {
+			c.Close()
+		}
+		l.conns = nil
+	}
+}
+
+// importedStale reports whether every service east imports is stale.
+func importedStale(t *testing.T, c *testCluster) (bool, error) {
+	resp, err := c.client(t, c.leader(t)).Peering.ListImportedServices(context.Background(), &meshfedv1.ListRequest{})
+	if err != nil {
+		return false, err
+	}
+	if len(resp.GetServices()) == 0 {
+		return false, fmt.Errorf("nothing imported")
+	}
+	for _, s := range resp.GetServices() {
+		if !s.GetStale() {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+func TestPeeringSurvivesLeaderLossAndCuts(t *testing.T) {
+	east := startNamedCluster(t, "east", 3)
+	link := &linkSwitch{}
+	west := startTestClusterWith(t, 3, func(cfg *Config) {
+		cfg.Cluster, cfg.TrustDomain = "west", "west.mesh"
+		cfg.peerHeartbeat, cfg.peerBackoff = 300*time.Millisecond, 100*time.Millisecond
+		cfg.peerDial = link.dial
+	})
+	ctx := context.Background()
+	peerClusters(t, east, west, "east", "west")
+	registerService(t, west.client(t, west.leader(t)), "payments", "10.0.0.1", "10.0.0.2")
+	if _, err := west.client(t, west.leader(t)).Peering.SetServiceExport(ctx, &meshfedv1.SetServiceExportRequest{Export: &meshfedv1.ServiceExport{
+		Meta: &meshfedv1.Meta{Namespace: "default", Name: "payments"}, Peers: []string{"east"}}}); err != nil {
+		t.Fatal(err)
+	}
+	waitImports(t, east, map[string][]string{"default/west.payments": {"10.0.0.1", "10.0.0.2"}})
+
+	// The acceptor's leader dies: west's link finds the new one.
+	old := east.leader(t)
+	old.stop()
+	east.servers = without(east.servers, old)
+	registerService(t, west.client(t, west.leader(t)), "payments", "10.0.0.1", "10.0.0.2", "10.0.0.3")
+	waitImports(t, east, map[string][]string{"default/west.payments": {"10.0.0.1", "10.0.0.2", "10.0.0.3"}})
+
+	// The dialer's leader dies: the new leader takes the link over.
+	old = west.leader(t)
+	old.stop()
+	west.servers = without(west.servers, old)
+	registerService(t, west.client(t, west.leader(t)), "payments", "10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4")
+	waitImports(t, east, map[string][]string{"default/west.payments": {"10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"}})
+
+	// Cut the link: east keeps the imports, marked stale; west says the
+	// peering is disconnected.
+	link.set(false)
+	if err := poll(20*time.Second, func() error {
+		stale, err := importedStale(t, east)
+		if err != nil {
+			return err
+		}
+		if !stale {
+			return fmt.Errorf("imports not marked stale yet")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	p := waitPeering(t, west, "east", meshfedv1.PeeringState_PEERING_STATE_DISCONNECTED)
+	if p.GetLastError() == "" {
+		t.Fatal("a disconnected peering does not say why")
+	}
+	// Changes during the cut: one endpoint gone, a new service exported.
+	wc := west.client(t, west.leader(t))
+	if _, err := wc.Catalog.DeleteWorkload(ctx, &meshfedv1.DeleteRequest{Namespace: "default", Name: "payments-0"}); err != nil {
+		t.Fatal(err)
+	}
+	registerService(t, wc, "ledger", "10.0.1.1")
+	if _, err := wc.Peering.SetServiceExport(ctx, &meshfedv1.SetServiceExportRequest{Export: &meshfedv1.ServiceExport{
+		Meta: &meshfedv1.Meta{Namespace: "default", Name: "ledger"}, Peers: []string{"east"}}}); err != nil {
+		t.Fatal(err)
+	}
+	waitImports(t, east, map[string][]string{"default/west.payments": {"10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"}})
+
+	// The link is back: everything made during the cut arrives, nothing
+	// is duplicated, and nothing is stale any more.
+	link.set(true)
+	waitImports(t, east, map[string][]string{
+		"default/west.ledger":   {"10.0.1.1"},
+		"default/west.payments": {"10.0.0.2", "10.0.0.3", "10.0.0.4"},
+	})
+	if err := poll(10*time.Second, func() error {
+		resp, err := east.client(t, east.leader(t)).Peering.ListImportedServices(ctx, &meshfedv1.ListRequest{})
+		if err != nil {
+			return err
+		}
+		for _, s := range resp.GetServices() {
+			if s.GetStale() || s.GetLastSync() == nil {
+				return fmt.Errorf("%s stale=%v last_sync=%v", s.GetMeta().GetName(), s.GetStale(), s.GetLastSync())
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	waitPeering(t, west, "east", meshfedv1.PeeringState_PEERING_STATE_ACTIVE)
+}
+
+func without(list []*testServer, gone *testServer) []*testServer {
+	var out []*testServer
+	for _, s := range list {
+		if s != gone {
+			out = append(out, s)
+		}
+	}
+	return out
 }

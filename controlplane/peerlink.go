@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"time"
 
@@ -601,7 +602,7 @@ func (s *Server) dialPeerAt(ctx context.Context, p *meshfedv1.Peering, td spiffe
 	conn, err := grpc.NewClient(addr,
 		grpc.WithTransportCredentials(credentials.NewTLS(tlsutil.PeerClient(src, td, roots))),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(client.MaxMessageSize), grpc.MaxCallSendMsgSize(client.MaxMessageSize)),
-		grpc.WithContextDialer(s.dial),
+		grpc.WithContextDialer(s.peerDialer()),
 	)
 	if err != nil {
 		return err
@@ -681,4 +682,11 @@ func (s *Server) followPeerBundles(ctx context.Context) {
 			return
 		}
 	}
+}
+
+func (s *Server) peerDialer() func(context.Context, string) (net.Conn, error) {
+	if s.cfg.peerDial != nil {
+		return s.cfg.peerDial
+	}
+	return s.dial
 }
