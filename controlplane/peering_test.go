@@ -14,9 +14,11 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	meshfedv1 "github.com/meshfed/meshfed/api/meshfed/v1"
+	"github.com/meshfed/meshfed/federation"
 	"github.com/meshfed/meshfed/internal/client"
 )
 
@@ -398,4 +400,153 @@ func without(list []*testServer, gone *testServer) []*testServer {
 		}
 	}
 	return out
+}
+
+func TestPeeringIsNotTransitiveAndDeletesBothSides(t *testing.T) {
+	east := startNamedCluster(t, "east", 1)
+	west := startNamedCluster(t, "west", 1)
+	north := startNamedCluster(t, "north", 1)
+	ctx := context.Background()
+	peerClusters(t, east, west, "east", "west")
+	peerClusters(t, west, north, "west", "north")
+	ec, wc := east.client(t, east.servers[0]), west.client(t, west.servers[0])
+
+	registerService(t, ec, "payments", "10.1.0.1")
+	if _, err := ec.Peering.SetServiceExport(ctx, &meshfedv1.SetServiceExportRequest{Export: &meshfedv1.ServiceExport{
+		Meta: &meshfedv1.Meta{Namespace: "default", Name: "payments"}, Peers: []string{"west"}}}); err != nil {
+		t.Fatal(err)
+	}
+	registerService(t, wc, "web", "10.0.0.1")
+	// west exports its own web, and tries to pass on east's payments: an
+	// import is never exported onward.
+	for _, name := range []string{"web", "payments"} {
+		if _, err := wc.Peering.SetServiceExport(ctx, &meshfedv1.SetServiceExportRequest{Export: &meshfedv1.ServiceExport{
+			Meta: &meshfedv1.Meta{Namespace: "default", Name: name}, Peers: []string{"north"}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitImports(t, west, map[string][]string{"default/east.payments": {"10.1.0.1"}})
+	waitImports(t, north, map[string][]string{"default/west.web": {"10.0.0.1"}})
+
+	// Deleting the peering on east removes it on both sides, with the
+	// imports and the bundles.
+	if _, err := ec.Peering.DeletePeering(ctx, &meshfedv1.DeleteRequest{Name: "west"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := poll(20*time.Second, func() error {
+		for _, c := range []*testCluster{east, west} {
+			resp, err := c.client(t, c.servers[0]).Peering.ListPeerings(ctx, &meshfedv1.ListRequest{})
+			if err != nil {
+				return err
+			}
+			for _, p := range resp.GetPeerings() {
+				if p.GetPeerCluster() == "east" || p.GetPeerCluster() == "west" {
+					return fmt.Errorf("peering %s still exists", p.GetMeta().GetName())
+				}
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	waitImports(t, west, map[string][]string{})
+	fed, err := ec.CA.GetTrustBundle(ctx, &meshfedv1.GetTrustBundleRequest{Federated: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(fed.GetBundles()) != 1 {
+		t.Fatalf("east still holds %d bundles after the deletion", len(fed.GetBundles()))
+	}
+	// north is untouched.
+	waitPeering(t, north, "west", meshfedv1.PeeringState_PEERING_STATE_ACTIVE)
+}
+
+// rawPeerStream opens a peer stream to a server as an unknown party: no
+// client certificate, only what it puts in its open.
+func rawPeerStream(t *testing.T, c *testCluster, open *meshfedv1.PeerOpen) error {
+	t.Helper()
+	cl := workloadClient(t, c, c.leader(t), "", nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := meshfedv1.NewPeerStreamServiceClient(cl.Conn).Stream(ctx)
+	if err != nil {
+		return err
+	}
+	if err := st.Send(&meshfedv1.PeerMessage{Message: &meshfedv1.PeerMessage_Open{Open: open}}); err != nil {
+		return err
+	}
+	_, err = st.Recv()
+	return err
+}
+
+func TestPeeringRefusesBadTokens(t *testing.T) {
+	east := startNamedCluster(t, "east", 1)
+	west := startNamedCluster(t, "west", 1)
+	ctx := context.Background()
+	ec, wc := east.client(t, east.servers[0]), west.client(t, west.servers[0])
+	westBundle, err := wc.CA.GetTrustBundle(ctx, &meshfedv1.GetTrustBundleRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	openAs := func(cluster, secret string) *meshfedv1.PeerOpen {
+		b := proto.Clone(westBundle.GetBundles()[0]).(*meshfedv1.TrustBundle)
+		return &meshfedv1.PeerOpen{Cluster: cluster, TrustDomain: "west.mesh", Secret: secret, Bundle: b}
+	}
+
+	tok, err := ec.Peering.GeneratePeeringToken(ctx, &meshfedv1.GeneratePeeringTokenRequest{Peer: "west"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	decoded, err := federation.DecodeToken(tok.GetToken(), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Straight at the peer stream: no secret, a forged one, and the right
+	// one presented by another cluster.
+	wantCode(t, rawPeerStream(t, east, openAs("west", "")), codes.Unauthenticated)
+	wantCode(t, rawPeerStream(t, east, openAs("west", "mfd_forged")), codes.Unauthenticated)
+	wantCode(t, rawPeerStream(t, east, openAs("north", decoded.Secret)), codes.PermissionDenied)
+	// A bundle that is not the claimed trust domain's.
+	bad := openAs("west", decoded.Secret)
+	bad.Bundle.TrustDomain = "other.mesh"
+	wantCode(t, rawPeerStream(t, east, bad), codes.InvalidArgument)
+	// None of that spent the token or changed the peering.
+	p := waitPeering(t, east, "west", meshfedv1.PeeringState_PEERING_STATE_PENDING)
+	if p.GetPeerTrustDomain() != "" {
+		t.Fatalf("a refused stream changed the peering: %v", p)
+	}
+
+	// Through the API: forged, expired and own-cluster tokens.
+	for _, bad := range []string{"", "not a token", "mfpeer1.!!!", expiredToken(t, decoded)} {
+		_, err := wc.Peering.EstablishPeering(ctx, &meshfedv1.EstablishPeeringRequest{Peer: "east", Token: bad})
+		wantCode(t, err, codes.InvalidArgument)
+	}
+	own, err := wc.Peering.GeneratePeeringToken(ctx, &meshfedv1.GeneratePeeringTokenRequest{Peer: "self"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = wc.Peering.EstablishPeering(ctx, &meshfedv1.EstablishPeeringRequest{Peer: "self2", Token: own.GetToken()})
+	wantCode(t, err, codes.InvalidArgument)
+
+	// The real thing works once; the spent secret is refused afterwards.
+	if _, err := wc.Peering.EstablishPeering(ctx, &meshfedv1.EstablishPeeringRequest{Peer: "east", Token: tok.GetToken()}); err != nil {
+		t.Fatal(err)
+	}
+	waitPeering(t, east, "west", meshfedv1.PeeringState_PEERING_STATE_ACTIVE)
+	wantCode(t, rawPeerStream(t, east, openAs("west", decoded.Secret)), codes.AlreadyExists)
+	b2 := openAs("north", decoded.Secret)
+	b2.TrustDomain, b2.Bundle.TrustDomain = "north.mesh", "north.mesh"
+	wantCode(t, rawPeerStream(t, east, b2), codes.Unauthenticated)
+}
+
+// expiredToken re-encodes tok with an expiry in the past.
+func expiredToken(t *testing.T, tok federation.Token) string {
+	t.Helper()
+	tok.ExpireTime = time.Now().Add(-time.Minute)
+	s, err := tok.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }

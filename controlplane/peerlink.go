@@ -436,6 +436,11 @@ func (s *Server) acceptBySecret(ctx context.Context, open *meshfedv1.PeerOpen, t
 	if err := validateOpen(open); err != nil {
 		return "", err
 	}
+	// A token names the cluster it was made for: the acceptor calls the
+	// peering after it, and nobody else may use it.
+	if open.GetCluster() != p.GetMeta().GetName() {
+		return "", status.Errorf(codes.PermissionDenied, "this peering token was issued for cluster %q; cluster %q cannot use it", p.GetMeta().GetName(), open.GetCluster())
+	}
 	next := proto.Clone(p).(*meshfedv1.Peering)
 	next.SecretHash, next.TokenExpireTime = nil, nil
 	next.State = meshfedv1.PeeringState_PEERING_STATE_ESTABLISHING
