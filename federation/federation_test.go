@@ -172,6 +172,8 @@ func TestSessionRefusesBadPeerMessages(t *testing.T) {
 			if !errors.Is(err, ErrBadPeerMessage) {
 				t.Fatalf("Run = %v, want a refusal", err)
 			}
+			rec.mu.Lock()
+			defer rec.mu.Unlock()
 			if len(rec.imports) != 0 || rec.bundles != 0 {
 				t.Fatalf("a refused message was stored: %d imports, %d bundles", len(rec.imports), rec.bundles)
 			}
@@ -181,6 +183,7 @@ func TestSessionRefusesBadPeerMessages(t *testing.T) {
 	t.Run("good messages are stored, then a silent peer times out", func(t *testing.T) {
 		rec := &recorder{imports: map[string]*meshfedv1.ImportedService{}}
 		in, out := make(chan *meshfedv1.PeerMessage, 4), make(chan *meshfedv1.PeerMessage, 64)
+		defer close(in) // releases the receiving goroutine, as ending a stream does
 		s := &Session{Peer: "west", PeerTD: west, Local: rec, Stream: pipe{in: in, out: out}, Heartbeat: 50 * time.Millisecond}
 		in <- &meshfedv1.PeerMessage{Message: &meshfedv1.PeerMessage_ServiceUpsert{ServiceUpsert: svc("spiffe://west.mesh/ns/default/sa/payments")}}
 		in <- &meshfedv1.PeerMessage{Message: &meshfedv1.PeerMessage_SyncComplete{SyncComplete: &meshfedv1.PeerSyncComplete{}}}
@@ -190,6 +193,8 @@ func TestSessionRefusesBadPeerMessages(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "silent") {
 			t.Fatalf("Run = %v, want the silent-peer error", err)
 		}
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
 		if len(rec.imports) != 1 || rec.synced != 1 {
 			t.Fatalf("stored %d imports, %d syncs", len(rec.imports), rec.synced)
 		}

@@ -70,7 +70,9 @@ var ErrPeerClosed = errors.New("the peer deleted the peering")
 const DefaultHeartbeat = 5 * time.Second
 
 // Run replicates until ctx ends, the stream breaks or the peer sends
-// something it must not; the error says which.
+// something it must not; the error says which. The caller ends the stream
+// after Run returns: that releases the receiving goroutine, which applies
+// nothing more once Run has returned.
 func (s *Session) Run(ctx context.Context) error {
 	if s.Heartbeat <= 0 {
 		s.Heartbeat = DefaultHeartbeat
@@ -184,6 +186,11 @@ func (s *Session) receive(ctx context.Context, acks chan<- uint64, heard chan<- 
 		m, err := s.Stream.Recv()
 		if err != nil {
 			return err
+		}
+		// Once the session ended, a message that still arrives is not
+		// applied: the caller has recorded the disconnection.
+		if ctx.Err() != nil {
+			return context.Cause(ctx)
 		}
 		select {
 		case heard <- struct{}{}:
