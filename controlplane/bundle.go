@@ -200,6 +200,21 @@ type watcherStats struct {
 	// unreachable names servers that did not answer: their watchers are
 	// unknown, so propagation cannot be confirmed while it is not empty.
 	unreachable []string
+	// certAuthority is, per answering server, the authority that issued its
+	// own certificate ("" when it is not a current intermediate's).
+	certAuthority map[string]string
+}
+
+// serversOff counts the voters not known to present a certificate of
+// authority: those on another one, and those that did not answer.
+func (w watcherStats) serversOff(authority string) int {
+	n := len(w.unreachable)
+	for _, a := range w.certAuthority {
+		if a != authority {
+			n++
+		}
+	}
+	return n
 }
 
 // clusterWatcherStats asks every voter for its watcher counts against seq.
@@ -208,7 +223,7 @@ func (s *Server) clusterWatcherStats(ctx context.Context, seq uint64) (watcherSt
 	if err := f.Error(); err != nil {
 		return watcherStats{}, err
 	}
-	out := watcherStats{byAuthority: map[string]uint32{}}
+	out := watcherStats{byAuthority: map[string]uint32{}, certAuthority: map[string]string{}}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	add := func(total, current uint32, by map[string]uint32) {
@@ -226,6 +241,7 @@ func (s *Server) clusterWatcherStats(ctx context.Context, seq uint64) (watcherSt
 		}
 		if string(srv.ID) == s.cfg.NodeID {
 			add(s.watchers.stats(seq))
+			out.certAuthority[s.cfg.NodeID] = s.ownCertAuthority()
 			continue
 		}
 		_, rec, err := s.store().Get(nil, meshfedv1.ResourceKind_RESOURCE_KIND_SERVER, "", string(srv.ID))
@@ -246,6 +262,9 @@ func (s *Server) clusterWatcherStats(ctx context.Context, seq uint64) (watcherSt
 				return
 			}
 			add(resp.GetBundleWatchers(), resp.GetBundleWatchersCurrent(), resp.GetSvidsByAuthority())
+			mu.Lock()
+			out.certAuthority[id] = resp.GetCertificateAuthorityId()
+			mu.Unlock()
 		}(string(srv.ID), rec.(*meshfedv1.ServerRecord).GetApiAddr())
 	}
 	wg.Wait()

@@ -273,7 +273,7 @@ func (id *serverIdentity) sync(auths []*meshfedv1.StoredAuthority) {
 	// that the old root can be retired and, once it is, nothing presents a
 	// chain to it any more. Every root of either chain stays trusted until
 	// then, so no peer refuses either certificate meanwhile.
-	if len(chain) > 0 && !foreign && !sameCertSet(chain[1:], id.s.ca.ActiveChain()) {
+	if len(chain) > 0 && !foreign && !slices.EqualFunc(chain[1:], id.s.ca.ActiveChain(), (*x509.Certificate).Equal) {
 		renew = true
 	}
 	if renew {

@@ -3,7 +3,6 @@ package controlplane
 import (
 	"context"
 	"errors"
-	"fmt"
 	"slices"
 	"sort"
 	"strings"
@@ -292,32 +291,6 @@ func (s *Server) deletePeeringState(ctx context.Context, name string, expected u
 		return 0, err
 	}
 	return res.Index, nil
-}
-
-// applyBatch proposes writes that apply together or not at all.
-func (s *Server) applyBatch(ctx context.Context, b *meshfedv1.ResourceWriteBatch) (*fsm.Result, error) {
-	now := nowProto()
-	for _, w := range b.Writes {
-		if w.Time == nil {
-			w.Time = now
-		}
-	}
-	data, err := fsm.Encode(fsm.BatchWriteType, b)
-	if err != nil {
-		return nil, err
-	}
-	if !s.isLeader() {
-		return nil, status.Error(codes.Unavailable, "not the leader; retry")
-	}
-	f := s.raft.Apply(data, applyTimeout)
-	if err := f.Error(); err != nil {
-		return nil, err
-	}
-	res, ok := f.Response().(*fsm.Result)
-	if !ok {
-		return nil, fmt.Errorf("unexpected FSM response %T", f.Response())
-	}
-	return res, res.Err
 }
 
 func (a *apiServer) SetServiceExport(ctx context.Context, req *meshfedv1.SetServiceExportRequest) (*meshfedv1.ServiceExport, error) {

@@ -15,7 +15,6 @@ import (
 
 	meshfedv1 "github.com/meshfed/meshfed/api/meshfed/v1"
 	"github.com/meshfed/meshfed/ca"
-	"github.com/meshfed/meshfed/controlplane/fsm"
 	"github.com/meshfed/meshfed/controlplane/state"
 )
 
@@ -268,10 +267,9 @@ func (r *rotator) retire(ctx context.Context) error {
 		if err != nil {
 			return false, "", err
 		}
-		servers, err := r.s.serversOffActive(ctx, rot.Active.GetAuthority().GetId())
-		if err != nil {
-			return false, "", err
-		}
+		// The active authority comes from the replicated state, not from
+		// this server's signer, which follows the state a moment later.
+		servers := ws.serversOff(rot.Active.GetAuthority().GetId())
 		msg := fmt.Sprintf("%d watchers still present SVIDs of %s, %d servers do not have a certificate of the active authority yet; %s", ws.byAuthority[old], old, servers, ws)
 		return ws.byAuthority[old] == 0 && servers == 0 && len(ws.unreachable) == 0, msg, nil
 	})
@@ -322,40 +320,6 @@ func (r *rotator) wait(ctx context.Context, step meshfedv1.RotationStep, ready f
 	}
 }
 
-// serversOffActive counts the voters whose own certificate the active
-// authority's intermediate did not issue; an unreachable server counts,
-// since its certificate is unknown.
-//
-// active comes from the replicated state, not from this server's signer,
-// which follows the state a moment later.
-func (s *Server) serversOffActive(ctx context.Context, active string) (int, error) {
-	f := s.raft.GetConfiguration()
-	if err := f.Error(); err != nil {
-		return 0, err
-	}
-	n := 0
-	for _, srv := range f.Configuration().Servers {
-		if string(srv.ID) == s.cfg.NodeID {
-			if s.ownCertAuthority() != active {
-				n++
-			}
-			continue
-		}
-		_, rec, err := s.store().Get(nil, meshfedv1.ResourceKind_RESOURCE_KIND_SERVER, "", string(srv.ID))
-		if err != nil || rec == nil {
-			n++
-			continue
-		}
-		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		resp, err := s.fwd.clusterClient(rec.(*meshfedv1.ServerRecord).GetApiAddr()).ServerStats(cctx, &meshfedv1.ServerStatsRequest{})
-		cancel()
-		if err != nil || resp.GetCertificateAuthorityId() != active {
-			n++
-		}
-	}
-	return n, nil
-}
-
 // ownCertAuthority is the authority that issued this server's certificate.
 func (s *Server) ownCertAuthority() string {
 	chain := s.tls.Certificate()
@@ -402,20 +366,9 @@ func (s *Server) writeAuthorities(ctx context.Context, writes ...authorityWrite)
 		rw.Payload = payload
 		b.Writes = append(b.Writes, rw)
 	}
-	data, err := fsm.Encode(fsm.BatchWriteType, b)
-	if err != nil {
+	res, err := s.applyBatch(ctx, b)
+	if err != nil && res == nil {
 		return 0, err
-	}
-	if !s.isLeader() {
-		return 0, status.Error(codes.Unavailable, "leadership changed during the rotation; run it again to resume")
-	}
-	f := s.raft.Apply(data, applyTimeout)
-	if err := f.Error(); err != nil {
-		return 0, err
-	}
-	res, ok := f.Response().(*fsm.Result)
-	if !ok {
-		return 0, fmt.Errorf("unexpected FSM response %T", f.Response())
 	}
 	if res.Err != nil {
 		if errors.Is(res.Err, state.ErrVersionMismatch) || errors.Is(res.Err, state.ErrAlreadyExists) || errors.Is(res.Err, state.ErrNotFound) {

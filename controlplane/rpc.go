@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	meshfedv1 "github.com/meshfed/meshfed/api/meshfed/v1"
 	"github.com/meshfed/meshfed/controlplane/fsm"
@@ -89,7 +90,25 @@ func (s *Server) applyWrite(ctx context.Context, t fsm.MessageType, w *meshfedv1
 	if w.Time == nil {
 		w.Time = nowProto()
 	}
-	data, err := fsm.Encode(t, w)
+	return s.propose(t, w)
+}
+
+// applyBatch proposes writes that apply together or not at all; each gets
+// the proposal time unless it has one.
+func (s *Server) applyBatch(_ context.Context, b *meshfedv1.ResourceWriteBatch) (*fsm.Result, error) {
+	now := nowProto()
+	for _, w := range b.Writes {
+		if w.Time == nil {
+			w.Time = now
+		}
+	}
+	return s.propose(fsm.BatchWriteType, b)
+}
+
+// propose applies one command through Raft on the leader. The result comes
+// back with the FSM's error, if any, as the error too.
+func (s *Server) propose(t fsm.MessageType, m proto.Message) (*fsm.Result, error) {
+	data, err := fsm.Encode(t, m)
 	if err != nil {
 		return nil, err
 	}
@@ -104,10 +123,7 @@ func (s *Server) applyWrite(ctx context.Context, t fsm.MessageType, w *meshfedv1
 	if !ok {
 		return nil, fmt.Errorf("unexpected FSM response %T", f.Response())
 	}
-	if res.Err != nil {
-		return res, res.Err
-	}
-	return res, nil
+	return res, res.Err
 }
 
 // consistentRead makes the local state at least as new as everything the

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -179,7 +180,7 @@ func (c *svidCheckCache) chainsToBundle(s *Server, certs []*x509.Certificate) bo
 	roots := s.ca.Bundle()
 	leaf := certs[0]
 	c.mu.Lock()
-	if !sameCertSet(c.bundle, roots) || len(c.ok) >= maxSVIDChecks {
+	if !slices.EqualFunc(c.bundle, roots, (*x509.Certificate).Equal) || len(c.ok) >= maxSVIDChecks {
 		c.bundle, c.ok = roots, make(map[*x509.Certificate]bool)
 	}
 	ok, known := c.ok[leaf]
@@ -190,21 +191,9 @@ func (c *svidCheckCache) chainsToBundle(s *Server, certs []*x509.Certificate) bo
 	_, _, err := x509svid.Verify(certs, x509bundle.FromX509Authorities(s.td, roots))
 	ok = err == nil
 	c.mu.Lock()
-	if sameCertSet(c.bundle, roots) {
+	if slices.EqualFunc(c.bundle, roots, (*x509.Certificate).Equal) {
 		c.ok[leaf] = ok
 	}
 	c.mu.Unlock()
 	return ok
-}
-
-func sameCertSet(a, b []*x509.Certificate) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if !a[i].Equal(b[i]) {
-			return false
-		}
-	}
-	return true
 }
