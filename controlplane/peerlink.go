@@ -128,7 +128,10 @@ func (l peerLocal) StoreBundle(ctx context.Context, peer string, b *meshfedv1.Tr
 	})
 }
 
-func (l peerLocal) UpsertImport(ctx context.Context, peer string, in *meshfedv1.ImportedService) error {
+// ApplyImports writes a run of received service changes as one Raft batch:
+// the last change to each service wins, and an upsert that changes nothing
+// or a deletion of what is not there is left out.
+func (l peerLocal) ApplyImports(ctx context.Context, peer string, changes []federation.ImportChange) error {
 	s := l.s
 	p, err := s.peering(peer)
 	if err != nil {
@@ -137,6 +140,70 @@ func (l peerLocal) UpsertImport(ctx context.Context, peer string, in *meshfedv1.
 	if p == nil {
 		return errPeeringGone
 	}
+	last := make(map[string]int, len(changes))
+	for i, c := range changes {
+		last[c.Key()] = i
+	}
+	var writes []*meshfedv1.ResourceWrite
+	size := 0
+	for i, c := range changes {
+		if last[c.Key()] != i {
+			continue
+		}
+		w, err := s.importWrite(p, c)
+		if err != nil {
+			return err
+		}
+		if w == nil {
+			continue
+		}
+		// A Raft entry stays small enough to replicate quickly.
+		if size+len(w.Payload) > maxImportBatchBytes && len(writes) > 0 {
+			if err := s.applyWrites(ctx, writes); err != nil {
+				return err
+			}
+			writes, size = nil, 0
+		}
+		writes = append(writes, w)
+		size += len(w.Payload)
+	}
+	return s.applyWrites(ctx, writes)
+}
+
+// maxImportBatchBytes bounds the payload of one batch of import writes.
+const maxImportBatchBytes = 1 << 20
+
+// applyWrites applies resource writes (a nil payload deletes) atomically:
+// as one write, or as one batch.
+func (s *Server) applyWrites(ctx context.Context, writes []*meshfedv1.ResourceWrite) error {
+	switch len(writes) {
+	case 0:
+		return nil
+	case 1:
+		t := fsm.UpsertResourceType
+		if writes[0].Payload == nil {
+			t = fsm.DeleteResourceType
+		}
+		_, err := s.applyWrite(ctx, t, writes[0])
+		return err
+	}
+	_, err := s.applyBatch(ctx, &meshfedv1.ResourceWriteBatch{Writes: writes})
+	return err
+}
+
+// importWrite is the write that stores one change of peering p's imports,
+// or nil when the store already agrees.
+func (s *Server) importWrite(p *meshfedv1.Peering, c federation.ImportChange) (*meshfedv1.ResourceWrite, error) {
+	peer := p.GetMeta().GetName()
+	if c.Service == nil {
+		name := importName(peer, c.Name)
+		_, cur, err := s.store().Get(nil, kindImported, c.Namespace, name)
+		if err != nil || cur == nil {
+			return nil, err
+		}
+		return &meshfedv1.ResourceWrite{Kind: kindImported, Namespace: c.Namespace, Name: name}, nil
+	}
+	in := c.Service
 	next := proto.Clone(in).(*meshfedv1.ImportedService)
 	ns, name := in.GetMeta().GetNamespace(), in.GetMeta().GetName()
 	next.Meta = &meshfedv1.Meta{Namespace: ns, Name: importName(peer, name), Peer: peer}
@@ -145,29 +212,20 @@ func (l peerLocal) UpsertImport(ctx context.Context, peer string, in *meshfedv1.
 	next.Stale, next.LastSync = false, nil
 	_, cur, err := s.store().Get(nil, kindImported, ns, next.Meta.Name)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if cur != nil {
 		old := cur.(*meshfedv1.ImportedService)
 		next.LastSync = old.GetLastSync()
 		if equalImport(old, next) {
-			return nil
+			return nil, nil
 		}
 	}
 	payload, err := proto.Marshal(next)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	_, err = s.applyWrite(ctx, fsm.UpsertResourceType, &meshfedv1.ResourceWrite{Kind: kindImported, Namespace: ns, Name: next.Meta.Name, Payload: payload})
-	return err
-}
-
-func (l peerLocal) DeleteImport(ctx context.Context, peer, ns, name string) error {
-	_, err := l.s.applyWrite(ctx, fsm.DeleteResourceType, &meshfedv1.ResourceWrite{Kind: kindImported, Namespace: ns, Name: importName(peer, name)})
-	if errors.Is(err, state.ErrNotFound) {
-		return nil
-	}
-	return err
+	return &meshfedv1.ResourceWrite{Kind: kindImported, Namespace: ns, Name: next.Meta.Name, Payload: payload}, nil
 }
 
 // Synced prunes what the peer no longer exports, clears the stale marks

@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
+	"fmt"
 	"io"
 	"math/big"
 	"strings"
@@ -108,6 +109,7 @@ type recorder struct {
 	imports map[string]*meshfedv1.ImportedService
 	bundles int
 	synced  int
+	batches int
 }
 
 func (r *recorder) Exports(ctx context.Context, peer string) (map[string]*meshfedv1.ImportedService, <-chan struct{}, error) {
@@ -122,13 +124,19 @@ func (r *recorder) StoreBundle(context.Context, string, *meshfedv1.TrustBundle) 
 	r.mu.Unlock()
 	return nil
 }
-func (r *recorder) UpsertImport(_ context.Context, _ string, s *meshfedv1.ImportedService) error {
+func (r *recorder) ApplyImports(_ context.Context, _ string, changes []ImportChange) error {
 	r.mu.Lock()
-	r.imports[s.GetMeta().GetName()] = s
-	r.mu.Unlock()
+	defer r.mu.Unlock()
+	r.batches++
+	for _, c := range changes {
+		if c.Service != nil {
+			r.imports[c.Key()] = c.Service
+		} else {
+			delete(r.imports, c.Key())
+		}
+	}
 	return nil
 }
-func (r *recorder) DeleteImport(context.Context, string, string, string) error { return nil }
 func (r *recorder) Synced(context.Context, string, map[string]bool) error {
 	r.mu.Lock()
 	r.synced++
@@ -199,4 +207,79 @@ func TestSessionRefusesBadPeerMessages(t *testing.T) {
 			t.Fatalf("stored %d imports, %d syncs", len(rec.imports), rec.synced)
 		}
 	})
+}
+
+func TestSessionBatchesQueuedChanges(t *testing.T) {
+	west := spiffeid.RequireTrustDomainFromString("west.mesh")
+	svc := func(name string) *meshfedv1.PeerMessage {
+		return &meshfedv1.PeerMessage{Message: &meshfedv1.PeerMessage_ServiceUpsert{ServiceUpsert: &meshfedv1.ImportedService{
+			Meta:      &meshfedv1.Meta{Namespace: "default", Name: name},
+			Service:   &meshfedv1.Service{Meta: &meshfedv1.Meta{Namespace: "default", Name: name}},
+			Endpoints: []*meshfedv1.Endpoint{{Address: "10.0.0.1", Port: 8443, SpiffeId: "spiffe://west.mesh/ns/default/sa/" + name}}}}}
+	}
+	del := func(name string) *meshfedv1.PeerMessage {
+		return &meshfedv1.PeerMessage{Message: &meshfedv1.PeerMessage_ServiceDelete{ServiceDelete: &meshfedv1.PeerServiceDelete{Namespace: "default", Name: name}}}
+	}
+	const n = 2*MaxImportBatch + 10
+	run := func(t *testing.T, msgs []*meshfedv1.PeerMessage, heartbeat time.Duration) (*recorder, error) {
+		rec := &recorder{imports: map[string]*meshfedv1.ImportedService{}}
+		in, out := make(chan *meshfedv1.PeerMessage, len(msgs)), make(chan *meshfedv1.PeerMessage, 64)
+		for _, m := range msgs {
+			in <- m // all queued before the session starts
+		}
+		defer close(in)
+		s := &Session{Peer: "west", PeerTD: west, Local: rec, Stream: pipe{in: in, out: out}, Heartbeat: heartbeat}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		return rec, s.Run(ctx)
+	}
+
+	t.Run("a full sync is applied in batches, in order", func(t *testing.T) {
+		var msgs []*meshfedv1.PeerMessage
+		for i := range n {
+			msgs = append(msgs, svc(fmt.Sprintf("svc-%d", i)))
+		}
+		msgs = append(msgs, del("svc-0"), svc("svc-1"), del("svc-1"))
+		msgs = append(msgs, &meshfedv1.PeerMessage{Message: &meshfedv1.PeerMessage_SyncComplete{SyncComplete: &meshfedv1.PeerSyncComplete{}}})
+		rec, err := run(t, msgs, 50*time.Millisecond)
+		if err == nil || !strings.Contains(err.Error(), "silent") {
+			t.Fatalf("Run = %v, want the silent-peer error", err)
+		}
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		if len(rec.imports) != n-2 || rec.synced != 1 {
+			t.Fatalf("stored %d imports (want %d), %d syncs", len(rec.imports), n-2, rec.synced)
+		}
+		if _, ok := rec.imports["default/svc-1"]; ok {
+			t.Fatal("svc-1 was deleted after its upsert but is stored")
+		}
+		// Every change was queued before the session started, so calls
+		// carry many changes each (how many depends on how far the reading
+		// goroutine is ahead).
+		if rec.batches > n/8 {
+			t.Fatalf("%d changes took %d ApplyImports calls, want at most %d", n+3, rec.batches, n/8)
+		}
+	})
+
+	t.Run("changes before a refused one are applied, nothing after", func(t *testing.T) {
+		bad := svc("evil")
+		bad.GetServiceUpsert().Endpoints[0].SpiffeId = "spiffe://east.mesh/ns/default/sa/evil"
+		rec, err := run(t, []*meshfedv1.PeerMessage{svc("a"), svc("b"), bad, svc("c")}, time.Second)
+		if !errors.Is(err, ErrBadPeerMessage) {
+			t.Fatalf("Run = %v, want a refusal", err)
+		}
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		if len(rec.imports) != 2 || rec.imports["default/a"] == nil || rec.imports["default/b"] == nil {
+			t.Fatalf("stored %v, want a and b only", keys(rec.imports))
+		}
+	})
+}
+
+func keys[V any](m map[string]V) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
 }

@@ -27,10 +27,10 @@ type Local interface {
 
 	// StoreBundle keeps the peer's bundle (already checked).
 	StoreBundle(ctx context.Context, peer string, b *meshfedv1.TrustBundle) error
-	// UpsertImport stores a service the peer exports (already checked).
-	UpsertImport(ctx context.Context, peer string, s *meshfedv1.ImportedService) error
-	// DeleteImport removes one imported service.
-	DeleteImport(ctx context.Context, peer, namespace, name string) error
+	// ApplyImports stores services the peer exports and removes those it
+	// deleted (all already checked), in order; a later change to the same
+	// service wins. At most MaxImportBatch changes come at once.
+	ApplyImports(ctx context.Context, peer string, changes []ImportChange) error
 	// Synced is called once the peer's full state has arrived: imports of
 	// the peer not in keep ("namespace/name") are removed, the rest are no
 	// longer stale.
@@ -177,84 +177,198 @@ func (s *Session) sendRound(ctx, wctx context.Context, acks <-chan uint64, tick 
 	}
 }
 
-// receive applies what the peer sends. Anything refused ends the session
-// with an error naming it, before anything of it is stored.
+// ImportChange is one change the peer sent to a service it exports: an
+// upsert when Service is set, else the deletion of Namespace/Name.
+type ImportChange struct {
+	Service         *meshfedv1.ImportedService
+	Namespace, Name string
+}
+
+// Key is "namespace/name" of the service the change is about.
+func (c ImportChange) Key() string {
+	if c.Service != nil {
+		return c.Service.GetMeta().GetNamespace() + "/" + c.Service.GetMeta().GetName()
+	}
+	return c.Namespace + "/" + c.Name
+}
+
+// MaxImportBatch bounds how many service changes one ApplyImports call
+// carries.
+const MaxImportBatch = 256
+
+// received is one message from the peer, or the error that ended the stream.
+type received struct {
+	m   *meshfedv1.PeerMessage
+	err error
+}
+
+// receive applies what the peer sends. Service changes that arrive
+// back-to-back are applied together (one Raft write for a full sync rather
+// than one per service); a single change is applied as soon as it arrives.
+// Anything refused ends the session with an error naming it; what arrived
+// before it is applied, nothing of it or after it is.
 func (s *Session) receive(ctx context.Context, acks chan<- uint64, heard chan<- struct{}) error {
-	var seen map[string]bool // until the first sync_complete
-	seen = map[string]bool{}
-	for {
-		m, err := s.Stream.Recv()
-		if err != nil {
-			return err
+	in := make(chan received, MaxImportBatch)
+	go func() {
+		for {
+			m, err := s.Stream.Recv()
+			if err == nil {
+				select {
+				case heard <- struct{}{}:
+				default:
+				}
+			}
+			select {
+			case in <- received{m, err}:
+			case <-ctx.Done():
+				return
+			}
+			if err != nil {
+				return
+			}
 		}
-		// Once the session ended, a message that still arrives is not
-		// applied: the caller has recorded the disconnection.
+	}()
+	seen := map[string]bool{} // until the first sync_complete
+	var batch []ImportChange
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		// Once the session ended, nothing more is applied: the caller has
+		// recorded the disconnection.
 		if ctx.Err() != nil {
 			return context.Cause(ctx)
 		}
-		select {
-		case heard <- struct{}{}:
-		default:
+		err := s.Local.ApplyImports(ctx, s.Peer, batch)
+		if err == nil && seen != nil {
+			for _, c := range batch {
+				if c.Service != nil {
+					seen[c.Key()] = true
+				} else {
+					delete(seen, c.Key())
+				}
+			}
 		}
-		switch msg := m.GetMessage().(type) {
-		case *meshfedv1.PeerMessage_Heartbeat:
-		case *meshfedv1.PeerMessage_Bundle:
-			if err := CheckBundle(s.PeerTD, msg.Bundle); err != nil {
-				return s.refuse(err)
-			}
-			if err := s.Local.StoreBundle(ctx, s.Peer, msg.Bundle); err != nil {
-				return err
-			}
+		batch = batch[:0]
+		return err
+	}
+	var next *received
+	for {
+		var r received
+		if next != nil {
+			r, next = *next, nil
+		} else {
 			select {
-			case acks <- msg.Bundle.GetSequence():
+			case r = <-in:
 			case <-ctx.Done():
 				return context.Cause(ctx)
 			}
-		case *meshfedv1.PeerMessage_ServiceUpsert:
-			if err := CheckService(s.PeerTD, msg.ServiceUpsert); err != nil {
-				return s.refuse(err)
-			}
-			if err := s.Local.UpsertImport(ctx, s.Peer, msg.ServiceUpsert); err != nil {
+		}
+		if r.err != nil {
+			if err := flush(); err != nil {
 				return err
 			}
-			if seen != nil {
-				seen[msg.ServiceUpsert.GetMeta().GetNamespace()+"/"+msg.ServiceUpsert.GetMeta().GetName()] = true
+			return r.err
+		}
+		c, ok, err := importChange(s.PeerTD, r.m)
+		if err != nil {
+			if ferr := flush(); ferr != nil {
+				return ferr
 			}
-		case *meshfedv1.PeerMessage_ServiceDelete:
-			d := msg.ServiceDelete
-			if err := checkLabel("namespace", d.GetNamespace()); err != nil {
-				return s.refuse(err)
+			return s.refuse(err)
+		}
+		if ok {
+			batch = append(batch, c)
+			// Take what else is already queued, up to a batch.
+		drain:
+			for len(batch) < MaxImportBatch {
+				select {
+				case q := <-in:
+					if q.err == nil {
+						if c, ok, err := importChange(s.PeerTD, q.m); ok && err == nil {
+							batch = append(batch, c)
+							continue
+						}
+					}
+					next = &q
+					break drain
+				default:
+					break drain
+				}
 			}
-			if err := checkLabel("name", d.GetName()); err != nil {
-				return s.refuse(err)
-			}
-			if err := s.Local.DeleteImport(ctx, s.Peer, d.GetNamespace(), d.GetName()); err != nil {
+			if err := flush(); err != nil {
 				return err
 			}
-			if seen != nil {
-				delete(seen, d.GetNamespace()+"/"+d.GetName())
-			}
-		case *meshfedv1.PeerMessage_SyncComplete:
-			if seen == nil {
-				continue // a later full sync changes nothing we track
-			}
-			if err := s.Local.Synced(ctx, s.Peer, seen); err != nil {
-				return err
-			}
-			seen = nil
-		case *meshfedv1.PeerMessage_BundleAck:
-			s.Local.BundleAcked(s.Peer, msg.BundleAck.GetSequence())
-		case *meshfedv1.PeerMessage_Close:
-			if err := s.Local.Closed(ctx, s.Peer, msg.Close.GetReason()); err != nil {
-				return err
-			}
-			return ErrPeerClosed
-		case *meshfedv1.PeerMessage_Open:
-			return s.refuse(fmt.Errorf("%w: a second open", ErrBadPeerMessage))
-		default:
-			return s.refuse(fmt.Errorf("%w: unknown message", ErrBadPeerMessage))
+			continue
+		}
+		if ctx.Err() != nil {
+			return context.Cause(ctx)
+		}
+		if err := s.handle(ctx, r.m, acks, &seen); err != nil {
+			return err
 		}
 	}
+}
+
+// importChange returns the service change m carries, checked; ok is false
+// when m is not a service change.
+func importChange(td spiffeid.TrustDomain, m *meshfedv1.PeerMessage) (c ImportChange, ok bool, err error) {
+	switch msg := m.GetMessage().(type) {
+	case *meshfedv1.PeerMessage_ServiceUpsert:
+		if err := CheckService(td, msg.ServiceUpsert); err != nil {
+			return c, true, err
+		}
+		return ImportChange{Service: msg.ServiceUpsert}, true, nil
+	case *meshfedv1.PeerMessage_ServiceDelete:
+		d := msg.ServiceDelete
+		if err := checkLabel("namespace", d.GetNamespace()); err != nil {
+			return c, true, err
+		}
+		if err := checkLabel("name", d.GetName()); err != nil {
+			return c, true, err
+		}
+		return ImportChange{Namespace: d.GetNamespace(), Name: d.GetName()}, true, nil
+	}
+	return c, false, nil
+}
+
+// handle applies one message that is not a service change.
+func (s *Session) handle(ctx context.Context, m *meshfedv1.PeerMessage, acks chan<- uint64, seen *map[string]bool) error {
+	switch msg := m.GetMessage().(type) {
+	case *meshfedv1.PeerMessage_Heartbeat:
+	case *meshfedv1.PeerMessage_Bundle:
+		if err := CheckBundle(s.PeerTD, msg.Bundle); err != nil {
+			return s.refuse(err)
+		}
+		if err := s.Local.StoreBundle(ctx, s.Peer, msg.Bundle); err != nil {
+			return err
+		}
+		select {
+		case acks <- msg.Bundle.GetSequence():
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+	case *meshfedv1.PeerMessage_SyncComplete:
+		if *seen == nil {
+			return nil // a later full sync changes nothing we track
+		}
+		if err := s.Local.Synced(ctx, s.Peer, *seen); err != nil {
+			return err
+		}
+		*seen = nil
+	case *meshfedv1.PeerMessage_BundleAck:
+		s.Local.BundleAcked(s.Peer, msg.BundleAck.GetSequence())
+	case *meshfedv1.PeerMessage_Close:
+		if err := s.Local.Closed(ctx, s.Peer, msg.Close.GetReason()); err != nil {
+			return err
+		}
+		return ErrPeerClosed
+	case *meshfedv1.PeerMessage_Open:
+		return s.refuse(fmt.Errorf("%w: a second open", ErrBadPeerMessage))
+	default:
+		return s.refuse(fmt.Errorf("%w: unknown message", ErrBadPeerMessage))
+	}
+	return nil
 }
 
 func (s *Session) refuse(err error) error {
