@@ -42,6 +42,11 @@ type Config struct {
 	// Default: RaftAddr.
 	RaftAdvertiseAddr string
 
+	// APIAdvertiseAddr is the API address other servers, clients and peer
+	// clusters dial, when it differs from APIAddr (a NAT, a load balancer
+	// or a proxy in front of this server). Default: APIAddr.
+	APIAdvertiseAddr string
+
 	// Bootstrap starts a new cluster with this server as its only voter.
 	// Ignored when DataDir already holds Raft state.
 	Bootstrap bool
@@ -79,6 +84,11 @@ type Config struct {
 	HeartbeatTimeout   time.Duration
 	ElectionTimeout    time.Duration
 	LeaderLeaseTimeout time.Duration
+	// CommitTimeout is how long the leader waits, with no new write, before
+	// telling followers what is committed (default 10ms). A follower
+	// applies a write, and its watchers see it, only once it learns that;
+	// a longer value saves a few idle RPCs at the cost of that lag.
+	CommitTimeout time.Duration
 	// DeadServerCleanup is how long a server must be unreachable before
 	// autopilot removes it from the voters (default 1m; negative disables).
 	DeadServerCleanup time.Duration
@@ -111,6 +121,9 @@ func (c *Config) Validate() error {
 	}
 	if c.RaftAdvertiseAddr == "" {
 		c.RaftAdvertiseAddr = c.RaftAddr
+	}
+	if c.APIAdvertiseAddr == "" {
+		c.APIAdvertiseAddr = c.APIAddr
 	}
 	if c.Bootstrap && len(c.JoinAddrs) > 0 {
 		return errors.New("--bootstrap and --join are mutually exclusive")

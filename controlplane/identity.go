@@ -101,7 +101,7 @@ func (id *serverIdentity) sans() ([]string, []net.IP) {
 	dns := []string{"localhost"}
 	var ips []net.IP
 	seen := map[string]bool{}
-	for _, a := range []string{id.s.cfg.APIAddr, id.s.cfg.HTTPAddr, id.s.cfg.RaftAddr} {
+	for _, a := range []string{id.s.cfg.APIAddr, id.s.cfg.APIAdvertiseAddr, id.s.cfg.HTTPAddr, id.s.cfg.RaftAddr, id.s.cfg.RaftAdvertiseAddr} {
 		host, _, err := net.SplitHostPort(a)
 		if err != nil || host == "" || seen[host] {
 			continue

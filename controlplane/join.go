@@ -75,7 +75,7 @@ func (s *Server) joinWithToken(ctx context.Context) error {
 
 func (s *Server) joinRequest(csr []byte) *meshfedv1.JoinRequest {
 	return &meshfedv1.JoinRequest{
-		NodeId: s.cfg.NodeID, ApiAddr: s.cfg.APIAddr, RaftAddr: s.cfg.RaftAdvertiseAddr, HttpAddr: s.cfg.HTTPAddr, Csr: csr,
+		NodeId: s.cfg.NodeID, ApiAddr: s.cfg.APIAdvertiseAddr, RaftAddr: s.cfg.RaftAdvertiseAddr, HttpAddr: s.cfg.HTTPAddr, Csr: csr,
 		Cluster: s.cfg.Cluster, TrustDomain: s.cfg.TrustDomain,
 	}
 }
@@ -152,7 +152,7 @@ func (s *Server) ownRecordCurrent() bool {
 		return false
 	}
 	c, ok := cur.(*meshfedv1.ServerRecord)
-	return ok && c.ApiAddr == s.cfg.APIAddr && c.RaftAddr == s.cfg.RaftAdvertiseAddr && c.HttpAddr == s.cfg.HTTPAddr
+	return ok && c.ApiAddr == s.cfg.APIAdvertiseAddr && c.RaftAddr == s.cfg.RaftAdvertiseAddr && c.HttpAddr == s.cfg.HTTPAddr
 }
 
 func (s *Server) rejoinWithCertificate(ctx context.Context) {

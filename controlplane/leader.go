@@ -70,7 +70,7 @@ func (s *Server) lead(ctx context.Context) {
 	if err := s.applyBootstrap(ctx); err != nil {
 		s.log.Error("applying bootstrap records", "error", err)
 	}
-	if err := s.ensureServerRecord(ctx, s.cfg.NodeID, s.cfg.APIAddr, s.cfg.RaftAdvertiseAddr, s.cfg.HTTPAddr); err != nil {
+	if err := s.ensureServerRecord(ctx, s.cfg.NodeID, s.cfg.APIAdvertiseAddr, s.cfg.RaftAdvertiseAddr, s.cfg.HTTPAddr); err != nil {
 		s.log.Error("registering leader", "error", err)
 	}
 	s.startAutopilot(ctx)
@@ -92,7 +92,7 @@ func (s *Server) lead(ctx context.Context) {
 		}
 		s.renewIntermediates(ctx)
 		// A restore may bring records of other addresses; keep ours true.
-		if err := s.ensureServerRecord(ctx, s.cfg.NodeID, s.cfg.APIAddr, s.cfg.RaftAdvertiseAddr, s.cfg.HTTPAddr); err != nil {
+		if err := s.ensureServerRecord(ctx, s.cfg.NodeID, s.cfg.APIAdvertiseAddr, s.cfg.RaftAdvertiseAddr, s.cfg.HTTPAddr); err != nil {
 			s.log.Warn("registering leader", "error", err)
 		}
 		wctx, cancel := context.WithTimeout(ctx, s.nextLeaderCheck())

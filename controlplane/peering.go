@@ -149,7 +149,7 @@ func (a *apiServer) GeneratePeeringToken(ctx context.Context, req *meshfedv1.Gen
 func (s *Server) apiAddresses() []string {
 	_, items, _, err := s.store().List(nil, listAll(meshfedv1.ResourceKind_RESOURCE_KIND_SERVER))
 	if err != nil {
-		return []string{s.cfg.APIAddr}
+		return []string{s.cfg.APIAdvertiseAddr}
 	}
 	var out []string
 	for _, it := range items {
@@ -158,7 +158,7 @@ func (s *Server) apiAddresses() []string {
 		}
 	}
 	if len(out) == 0 {
-		out = []string{s.cfg.APIAddr}
+		out = []string{s.cfg.APIAdvertiseAddr}
 	}
 	return out
 }
@@ -332,8 +332,10 @@ func (a *apiServer) ListImportedServices(_ context.Context, req *meshfedv1.ListR
 
 // exportsTo computes what this cluster exports to peer: every exported
 // local service with its healthy endpoints. Imported services are never
-// exported onward.
-func (s *Server) exportsTo(ws memdb.WatchSet, peer string) (map[string]*meshfedv1.ImportedService, error) {
+// exported onward. With a cache, a service whose record and workloads did
+// not change since the last call is not rebuilt: the same pointer comes
+// back, so a caller can tell it apart from a change cheaply.
+func (s *Server) exportsTo(ws memdb.WatchSet, peer string, cache *exportCache) (map[string]*meshfedv1.ImportedService, error) {
 	st := s.store()
 	if ws != nil {
 		ws.Add(st.AbandonCh())
@@ -358,12 +360,22 @@ func (s *Server) exportsTo(ws memdb.WatchSet, peer string) (map[string]*meshfedv
 		if r == nil {
 			continue // exported before it is registered
 		}
-		svc := proto.Clone(r).(*meshfedv1.Service)
-		svc.Meta = &meshfedv1.Meta{Namespace: ns, Name: name}
+		key := ns + "/" + name
+		// Read before the workloads: a write in between makes the next
+		// round rebuild.
+		sig := exportSig{service: r.GetMeta().GetVersion(), workloads: st.WorkloadsGen(ns, name)}
+		if cache != nil {
+			if c, ok := cache.entries[key]; ok && c.sig == sig {
+				out[key] = c.imp
+				continue
+			}
+		}
 		_, wls, _, err := st.List(nil, state.ListParams{Kind: kindWorkload, Namespace: ns, Service: name})
 		if err != nil {
 			return nil, err
 		}
+		svc := proto.Clone(r).(*meshfedv1.Service)
+		svc.Meta = &meshfedv1.Meta{Namespace: ns, Name: name}
 		imp := &meshfedv1.ImportedService{
 			Meta: &meshfedv1.Meta{Namespace: ns, Name: name}, Service: svc,
 			PeerCluster: s.cfg.Cluster, PeerTrustDomain: s.td.Name(),
@@ -382,10 +394,36 @@ func (s *Server) exportsTo(ws memdb.WatchSet, peer string) (map[string]*meshfedv
 			a, b := imp.Endpoints[i], imp.Endpoints[j]
 			return a.GetAddress() < b.GetAddress() || a.GetAddress() == b.GetAddress() && a.GetPort() < b.GetPort()
 		})
-		out[ns+"/"+name] = imp
+		out[key] = imp
+		if cache != nil {
+			cache.entries[key] = exportEntry{sig: sig, imp: imp}
+		}
+	}
+	if cache != nil {
+		for key := range cache.entries {
+			if _, ok := out[key]; !ok {
+				delete(cache.entries, key)
+			}
+		}
 	}
 	return out, nil
 }
+
+// exportCache keeps what exportsTo built for one peer session.
+type exportCache struct {
+	entries map[string]exportEntry
+}
+
+func newExportCache() *exportCache { return &exportCache{entries: map[string]exportEntry{}} }
+
+type exportEntry struct {
+	sig exportSig
+	imp *meshfedv1.ImportedService
+}
+
+// exportSig changes whenever the service record or any of its workloads
+// does.
+type exportSig struct{ service, workloads uint64 }
 
 // importName is the stored name of a service imported from a peering: the
 // peering's name and the service's, so that two peers may export services

@@ -99,13 +99,17 @@ func (l *peerLinks) ackedSeq(name string) uint64 {
 }
 
 // peerLocal is the server as a peer session sees it.
-type peerLocal struct{ s *Server }
+type peerLocal struct {
+	s *Server
+	// exports spares a session rebuilding every export on each change.
+	exports *exportCache
+}
 
 var _ federation.Local = peerLocal{}
 
 func (l peerLocal) Exports(ctx context.Context, peer string) (map[string]*meshfedv1.ImportedService, <-chan struct{}, error) {
 	ws := memdb.NewWatchSet()
-	out, err := l.s.exportsTo(ws, peer)
+	out, err := l.s.exportsTo(ws, peer, l.exports)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -369,7 +373,7 @@ func (s *Server) runSession(ctx context.Context, name string, td spiffeid.TrustD
 			}
 		}
 	}()
-	sess := &federation.Session{Peer: name, PeerTD: td, Local: peerLocal{s}, Stream: stream,
+	sess := &federation.Session{Peer: name, PeerTD: td, Local: peerLocal{s: s, exports: newExportCache()}, Stream: stream,
 		Log: s.log.With("peer", name), Heartbeat: s.cfg.peerHeartbeat}
 	err := sess.Run(ctx)
 	if errors.Is(err, errClosedHere) {
@@ -422,7 +426,7 @@ func (a *apiServer) Stream(stream meshfedv1.PeerStreamService_StreamServer) erro
 	if err := federation.CheckBundle(td, open.GetBundle()); err != nil {
 		return status.Error(codes.InvalidArgument, err.Error())
 	}
-	if err := (peerLocal{s}).StoreBundle(ctx, name, open.GetBundle()); err != nil {
+	if err := (peerLocal{s: s}).StoreBundle(ctx, name, open.GetBundle()); err != nil {
 		return toStatus(err)
 	}
 	reply, err := s.ownOpen("")
@@ -600,7 +604,9 @@ func (s *Server) peerLink(ctx context.Context, name string) {
 			return
 		}
 		s.disconnected(ctx, name, err)
-		if time.Since(start) > time.Minute {
+		// The wait doubles while the peer cannot be reached; a link that
+		// was up (a session ran) starts again from the shortest wait.
+		if errors.Is(err, errSessionEnded) || time.Since(start) > time.Minute {
 			wait = backoff
 		}
 		select {

@@ -210,6 +210,10 @@ func (s *Server) goRun(ctx context.Context, f func(context.Context)) {
 	}()
 }
 
+// defaultCommitTimeout bounds how long a follower lags the leader's commits
+// when writes are sparse (to between 10 and 20ms).
+const defaultCommitTimeout = 10 * time.Millisecond
+
 func (s *Server) startRaft(snaps raft.SnapshotStore, bootstrap bool) error {
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(s.cfg.NodeID)
@@ -217,6 +221,10 @@ func (s *Server) startRaft(snaps raft.SnapshotStore, bootstrap bool) error {
 	rc.HeartbeatTimeout = orDefault(s.cfg.HeartbeatTimeout, 500*time.Millisecond)
 	rc.ElectionTimeout = orDefault(s.cfg.ElectionTimeout, 500*time.Millisecond)
 	rc.LeaderLeaseTimeout = orDefault(s.cfg.LeaderLeaseTimeout, 250*time.Millisecond)
+	// Followers learn the commit index from the next AppendEntries; with
+	// Raft's default (50ms, randomised up to 100ms) a watch on a follower
+	// would see each lone write up to 100ms after the leader.
+	rc.CommitTimeout = orDefault(s.cfg.CommitTimeout, defaultCommitTimeout)
 	// Batching is what makes small writes cheap: many commands share one
 	// fsync on every server and one memdb transaction in the FSM.
 	rc.BatchApplyCh = true

@@ -158,7 +158,7 @@ func (a *apiServer) RestoreSnapshot(stream meshfedv1.ClusterService_RestoreSnaps
 	s.log.Info("snapshot restored", "snapshot_index", hdr.Index, "index", s.raft.LastIndex())
 	// The restored records name the servers of the saved cluster; register
 	// this leader's own addresses at once so followers forward to it.
-	if err := s.ensureServerRecord(ctx, s.cfg.NodeID, s.cfg.APIAddr, s.cfg.RaftAdvertiseAddr, s.cfg.HTTPAddr); err != nil {
+	if err := s.ensureServerRecord(ctx, s.cfg.NodeID, s.cfg.APIAdvertiseAddr, s.cfg.RaftAdvertiseAddr, s.cfg.HTTPAddr); err != nil {
 		s.log.Warn("registering leader after restore", "error", err)
 	}
 	return stream.SendAndClose(&meshfedv1.RestoreSnapshotResponse{Index: s.raft.LastIndex()})

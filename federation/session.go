@@ -19,7 +19,8 @@ import (
 type Local interface {
 	// Exports returns what this cluster exports to peer, keyed
 	// "namespace/name", and a channel closed when that may have changed (or
-	// ctx ends).
+	// ctx ends). A service that did not change may come back as the same
+	// pointer as in an earlier call; neither side modifies what it returns.
 	Exports(ctx context.Context, peer string) (map[string]*meshfedv1.ImportedService, <-chan struct{}, error)
 	// Bundle returns this cluster's trust bundle and a channel closed when
 	// it may have changed (or ctx ends).
@@ -132,7 +133,8 @@ func (s *Session) sendRound(ctx, wctx context.Context, acks <-chan uint64, tick 
 			return fmt.Errorf("reading exports: %w", err)
 		}
 		for key, svc := range exports {
-			if prev, ok := sent[key]; ok && proto.Equal(prev, svc) {
+			// Unchanged exports may come back as the same pointer.
+			if prev, ok := sent[key]; ok && (prev == svc || proto.Equal(prev, svc)) {
 				continue
 			}
 			if err := s.Stream.Send(&meshfedv1.PeerMessage{Message: &meshfedv1.PeerMessage_ServiceUpsert{ServiceUpsert: svc}}); err != nil {
@@ -229,6 +231,7 @@ func (s *Session) receive(ctx context.Context, acks chan<- uint64, heard chan<- 
 		}
 	}()
 	seen := map[string]bool{} // until the first sync_complete
+	start := time.Now()
 	var batch []ImportChange
 	flush := func() error {
 		if len(batch) == 0 {
@@ -304,8 +307,12 @@ func (s *Session) receive(ctx context.Context, acks chan<- uint64, heard chan<- 
 		if ctx.Err() != nil {
 			return context.Cause(ctx)
 		}
+		first, services := seen != nil, len(seen)
 		if err := s.handle(ctx, r.m, acks, &seen); err != nil {
 			return err
+		}
+		if first && seen == nil {
+			s.Log.Info("received the peer's full state", "peer", s.Peer, "services", services, "took", time.Since(start))
 		}
 	}
 }

@@ -72,6 +72,21 @@ func (sg *serviceGroups) group(id groupID) *serviceGroup {
 	return g
 }
 
+// WorkloadsGen returns a number that changes whenever a workload of the
+// service ns/service is written, added or removed: the generation of the
+// write transaction that last changed its group, 0 when it has none. It
+// is how a reader that keeps something derived from a service's workloads
+// tells, without listing them, that it is still current.
+func (s *Store) WorkloadsGen(ns, service string) uint64 {
+	d := s.db.Load()
+	tx := d.mem.Txn(false)
+	defer tx.Abort()
+	if g := readServiceGroups(tx).group(groupID{ns, service}); g != nil {
+		return g.gen
+	}
+	return 0
+}
+
 // groupsForRead returns the groups as the transaction sees them.
 func (t *Txn) groupsForRead() *serviceGroups {
 	if t.serviceGroups != nil {

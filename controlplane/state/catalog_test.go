@@ -171,3 +171,42 @@ func TestBigServiceGroup(t *testing.T) {
 		t.Fatalf("%d workloads left, want 10", got)
 	}
 }
+
+func TestWorkloadsGen(t *testing.T) {
+	s := newTestStore(t)
+	if g := s.WorkloadsGen("default", "web"); g != 0 {
+		t.Fatalf("no workloads: gen %d, want 0", g)
+	}
+	mustUpsert(t, s, 1, workload("default", "web-1", "web", "10.0.0.1"))
+	mustUpsert(t, s, 2, workload("default", "db-1", "db", "10.0.0.2"))
+	web, db := s.WorkloadsGen("default", "web"), s.WorkloadsGen("default", "db")
+	if web == 0 || db == 0 || web == db {
+		t.Fatalf("gens web %d, db %d: want two different non-zero values", web, db)
+	}
+	// A write to another service leaves web's alone.
+	mustUpsert(t, s, 3, workload("default", "db-2", "db", "10.0.0.3"))
+	if g := s.WorkloadsGen("default", "web"); g != web {
+		t.Fatalf("web's gen moved from %d to %d on a write to db", web, g)
+	}
+	if g := s.WorkloadsGen("default", "db"); g == db {
+		t.Fatal("db's gen did not move when a workload was added")
+	}
+	// Changing a workload (here its health) moves its service's gen.
+	w := workload("default", "web-1", "web", "10.0.0.1")
+	w.Health = meshfedv1.HealthStatus_HEALTH_STATUS_UNHEALTHY
+	mustUpsert(t, s, 4, w)
+	web2 := s.WorkloadsGen("default", "web")
+	if web2 == web {
+		t.Fatal("web's gen did not move when its workload changed")
+	}
+	// Moving a workload to another service moves both.
+	moved := workload("default", "web-1", "db", "10.0.0.1")
+	db = s.WorkloadsGen("default", "db")
+	mustUpsert(t, s, 5, moved)
+	if s.WorkloadsGen("default", "db") == db {
+		t.Fatal("db's gen did not move when a workload joined it")
+	}
+	if g := s.WorkloadsGen("default", "web"); g != 0 {
+		t.Fatalf("web has no workload left: gen %d, want 0", g)
+	}
+}

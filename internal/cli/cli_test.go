@@ -128,7 +128,7 @@ func TestServerFlags(t *testing.T) {
 			args: []string{"server", "--dev"},
 			want: controlplane.Config{
 				NodeID: "dev", Cluster: "dev", TrustDomain: "dev.mesh",
-				APIAddr: "127.0.0.1:7700", RaftAddr: "127.0.0.1:7701", HTTPAddr: "127.0.0.1:7702",
+				APIAddr: "127.0.0.1:7700", RaftAddr: "127.0.0.1:7701", HTTPAddr: "127.0.0.1:7702", APIAdvertiseAddr: "127.0.0.1:7700",
 				Bootstrap: true, Dev: true, RaftAdvertiseAddr: "127.0.0.1:7701",
 			},
 		},
@@ -137,7 +137,7 @@ func TestServerFlags(t *testing.T) {
 			args: []string{"server", "--dev", "--cluster", "east", "--node-id", "n1", "--data-dir", dataDir, "--api-addr", "127.0.0.1:9000", "--http-addr", "localhost"},
 			want: controlplane.Config{
 				NodeID: "n1", Cluster: "east", TrustDomain: "east.mesh", DataDir: dataDir,
-				APIAddr: "127.0.0.1:9000", RaftAddr: "127.0.0.1:7701", HTTPAddr: "localhost:7702",
+				APIAddr: "127.0.0.1:9000", RaftAddr: "127.0.0.1:7701", HTTPAddr: "localhost:7702", APIAdvertiseAddr: "127.0.0.1:9000",
 				Bootstrap: true, Dev: true, RaftAdvertiseAddr: "127.0.0.1:7701",
 			},
 		},
@@ -146,7 +146,7 @@ func TestServerFlags(t *testing.T) {
 			args: []string{"server", "--dev", "--join", "10.0.0.1", "--join-token", "T"},
 			want: controlplane.Config{
 				NodeID: "dev", Cluster: "dev", TrustDomain: "dev.mesh",
-				APIAddr: "127.0.0.1:7700", RaftAddr: "127.0.0.1:7701", HTTPAddr: "127.0.0.1:7702",
+				APIAddr: "127.0.0.1:7700", RaftAddr: "127.0.0.1:7701", HTTPAddr: "127.0.0.1:7702", APIAdvertiseAddr: "127.0.0.1:7700",
 				JoinAddrs: []string{"10.0.0.1:7700"}, JoinToken: "T", Dev: true, RaftAdvertiseAddr: "127.0.0.1:7701",
 			},
 		},
@@ -156,18 +156,18 @@ func TestServerFlags(t *testing.T) {
 				"--api-addr", "10.0.0.1:7700", "--raft-addr", "10.0.0.1:7701", "--http-addr", "10.0.0.1:7702"},
 			want: controlplane.Config{
 				NodeID: "s1", Cluster: "east", TrustDomain: "corp.example", DataDir: dataDir, Bootstrap: true,
-				APIAddr: "10.0.0.1:7700", RaftAddr: "10.0.0.1:7701", HTTPAddr: "10.0.0.1:7702", RaftAdvertiseAddr: "10.0.0.1:7701",
+				APIAddr: "10.0.0.1:7700", RaftAddr: "10.0.0.1:7701", HTTPAddr: "10.0.0.1:7702", RaftAdvertiseAddr: "10.0.0.1:7701", APIAdvertiseAddr: "10.0.0.1:7700",
 			},
 		},
 		{
 			name: "joining server, repeated and comma separated --join",
 			args: []string{"server", "--data-dir", dataDir, "--node-id", "s2", "--cluster", "east",
 				"--api-addr", "[::1]:7700", "--raft-addr", "10.0.0.2:7701", "--http-addr", "10.0.0.2:7702",
-				"--raft-advertise-addr", "192.0.2.1:17701",
+				"--raft-advertise-addr", "192.0.2.1:17701", "--api-advertise-addr", "gw.example",
 				"--join", "10.0.0.1:7700,10.0.0.3", "--join", "10.0.0.4:9", "--join-token", "tok", "--ca-file", "/etc/ca.pem"},
 			want: controlplane.Config{
 				NodeID: "s2", Cluster: "east", TrustDomain: "east.mesh", DataDir: dataDir,
-				APIAddr: "[::1]:7700", RaftAddr: "10.0.0.2:7701", HTTPAddr: "10.0.0.2:7702", RaftAdvertiseAddr: "192.0.2.1:17701",
+				APIAddr: "[::1]:7700", RaftAddr: "10.0.0.2:7701", HTTPAddr: "10.0.0.2:7702", RaftAdvertiseAddr: "192.0.2.1:17701", APIAdvertiseAddr: "gw.example:7700",
 				JoinAddrs: []string{"10.0.0.1:7700", "10.0.0.3:7700", "10.0.0.4:9"}, JoinToken: "tok", CAFile: "/etc/ca.pem",
 			},
 		},

@@ -30,6 +30,7 @@ type serverOptions struct {
 	cluster, trustDomain        string
 	apiAddr, raftAddr, httpAddr string
 	raftAdvertiseAddr           string
+	apiAdvertiseAddr            string
 	join                        []string
 	joinToken, caFile           string
 	logLevel, logFormat         string
@@ -121,6 +122,7 @@ Logs go to standard error.`,
 	f.StringVar(&o.apiAddr, "api-addr", "", "host:port of the gRPC management API (TLS)")
 	f.StringVar(&o.raftAddr, "raft-addr", "", "host:port of Raft traffic between servers (mutual TLS)")
 	f.StringVar(&o.httpAddr, "http-addr", "", "host:port of /healthz, /readyz, /metrics and the SPIFFE bundle endpoint")
+	f.StringVar(&o.apiAdvertiseAddr, "api-advertise-addr", "", "host:port other servers, clients and peer clusters dial for the API, when not --api-addr (NAT, load balancer)")
 	f.StringVar(&o.raftAdvertiseAddr, "raft-advertise-addr", "", "host:port other servers dial for Raft, when not --raft-addr (NAT, proxy)")
 	f.StringSliceVar(&o.join, "join", nil, "API address of a running server to join (repeatable or comma separated)")
 	f.StringVar(&o.joinToken, "join-token", "", `server-join token (from "meshfed server join-token")`)
@@ -191,6 +193,11 @@ func (o *serverOptions) config() (cfg controlplane.Config, tempDataDir bool, err
 	}
 	if o.raftAdvertiseAddr != "" {
 		if cfg.RaftAdvertiseAddr, err = normalizeAddr("--raft-advertise-addr", o.raftAdvertiseAddr, controlplane.DefaultRaftPort); err != nil {
+			return cfg, false, err
+		}
+	}
+	if o.apiAdvertiseAddr != "" {
+		if cfg.APIAdvertiseAddr, err = normalizeAddr("--api-advertise-addr", o.apiAdvertiseAddr, controlplane.DefaultAPIPort); err != nil {
 			return cfg, false, err
 		}
 	}

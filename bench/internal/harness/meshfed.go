@@ -94,6 +94,30 @@ func (s *MeshfedServer) WaitCredentials(ctx context.Context) (token string, caPE
 // StartMeshfed bootstraps s1, joins s2 and s3 with join tokens, and waits
 // for three voters with a leader. Data dirs and logs go under dir.
 func StartMeshfed(ctx context.Context, ps *Procs, bin, dir string) (*MeshfedCluster, error) {
+	return StartMeshfedCluster(ctx, ps, bin, dir, ClusterOptions{})
+}
+
+// ClusterOptions tune StartMeshfedCluster.
+type ClusterOptions struct {
+	// Name of the cluster (default "bench"); its trust domain is
+	// "<name>.mesh".
+	Name string
+	// Args, when set, returns extra flags for one server (after its
+	// addresses are chosen).
+	Args func(s *MeshfedServer) []string
+}
+
+// StartMeshfedCluster is StartMeshfed with options.
+func StartMeshfedCluster(ctx context.Context, ps *Procs, bin, dir string, o ClusterOptions) (*MeshfedCluster, error) {
+	if o.Name == "" {
+		o.Name = "bench"
+	}
+	extra := func(s *MeshfedServer) []string {
+		if o.Args == nil {
+			return nil
+		}
+		return o.Args(s)
+	}
 	c := &MeshfedCluster{Bin: bin}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
@@ -107,9 +131,10 @@ func StartMeshfed(ctx context.Context, ps *Procs, bin, dir string) (*MeshfedClus
 		c.Servers = append(c.Servers, s)
 	}
 	s1 := c.Servers[0]
-	args := append([]string{"server", "--bootstrap", "--node-id", s1.ID, "--cluster", "bench"}, s1.AddrArgs()...)
+	args := append([]string{"server", "--bootstrap", "--node-id", s1.ID, "--cluster", o.Name}, s1.AddrArgs()...)
+	args = append(args, extra(s1)...)
 	var err error
-	if s1.P, err = ps.Start("meshfed "+s1.ID, filepath.Join(dir, s1.ID+".log"), nil, bin, args...); err != nil {
+	if s1.P, err = ps.Start(o.Name+" "+s1.ID, filepath.Join(dir, s1.ID+".log"), nil, bin, args...); err != nil {
 		return nil, err
 	}
 	if c.Token, c.CAPEM, err = s1.WaitCredentials(ctx); err != nil {
@@ -121,9 +146,10 @@ func StartMeshfed(ctx context.Context, ps *Procs, bin, dir string) (*MeshfedClus
 		if err != nil {
 			return nil, err
 		}
-		args := append([]string{"server", "--node-id", s.ID, "--cluster", "bench",
+		args := append([]string{"server", "--node-id", s.ID, "--cluster", o.Name,
 			"--join", s1.API, "--join-token", jt, "--ca-file", caFile}, s.AddrArgs()...)
-		if s.P, err = ps.Start("meshfed "+s.ID, filepath.Join(dir, s.ID+".log"), nil, bin, args...); err != nil {
+		args = append(args, extra(s)...)
+		if s.P, err = ps.Start(o.Name+" "+s.ID, filepath.Join(dir, s.ID+".log"), nil, bin, args...); err != nil {
 			return nil, err
 		}
 	}
