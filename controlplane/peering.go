@@ -109,6 +109,9 @@ func (a *apiServer) GeneratePeeringToken(ctx context.Context, req *meshfedv1.Gen
 	if err != nil {
 		return nil, toStatus(err)
 	}
+	if deleting(cur) {
+		return nil, status.Errorf(codes.FailedPrecondition, "peering %q is being deleted: its peer is told when the link is back; delete it again to remove it now", req.GetPeer())
+	}
 	if cur != nil && (cur.GetDialer() || cur.GetPeerTrustDomain() != "") {
 		return nil, status.Errorf(codes.FailedPrecondition, "peering %q is already established: delete it first", req.GetPeer())
 	}
@@ -266,13 +269,66 @@ func (a *apiServer) DeletePeering(ctx context.Context, req *meshfedv1.DeleteRequ
 	if p == nil {
 		return nil, status.Errorf(codes.NotFound, "peering %q not found", req.GetName())
 	}
-	s.links.close(req.GetName(), "deleted by an operator of "+s.cfg.Cluster)
-	idx, err := s.deletePeeringState(ctx, req.GetName(), req.GetExpectedVersion())
+	name := req.GetName()
+	running := s.links.close(name, "deleted by an operator of "+s.cfg.Cluster)
+	if !running && p.GetState() != meshfedv1.PeeringState_PEERING_STATE_DELETING && p.GetPeerBundle() != nil {
+		// The peer cannot be told now: the peering stays, as deleting,
+		// until the link is back and the peer has heard it. Its imports
+		// go now, and its roots leave the workloads' bundles.
+		idx, err := s.markDeleting(ctx, p, req.GetExpectedVersion())
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		s.log.Info("peering deleted here; the peer is told once the link is back", "peer", name)
+		return &meshfedv1.DeleteResponse{Index: idx}, nil
+	}
+	// The session told the peer; or the peering never reached a peer; or
+	// a second delete gives up on telling it.
+	idx, err := s.deletePeeringState(ctx, name, req.GetExpectedVersion())
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	s.log.Info("peering deleted", "peer", req.GetName())
+	s.log.Info("peering deleted", "peer", name, "peer_told", running)
 	return &meshfedv1.DeleteResponse{Index: idx}, nil
+}
+
+// deletingNote is the last_error of a peering deleted while its link was
+// down.
+const deletingNote = "deleted here; the peer is told when the link is back (delete again to remove it now)"
+
+// markDeleting turns a peering into a tombstone that only tells the peer
+// of the deletion, and removes its imports, in one write.
+func (s *Server) markDeleting(ctx context.Context, p *meshfedv1.Peering, expected uint64) (uint64, error) {
+	name := p.GetMeta().GetName()
+	if expected != 0 && expected != p.GetMeta().GetVersion() {
+		return 0, status.Errorf(codes.Aborted, "peering %q is at version %d, not %d", name, p.GetMeta().GetVersion(), expected)
+	}
+	next := proto.Clone(p).(*meshfedv1.Peering)
+	stripServerMeta(next.Meta)
+	next.State, next.LastError = meshfedv1.PeeringState_PEERING_STATE_DELETING, deletingNote
+	payload, err := proto.Marshal(next)
+	if err != nil {
+		return 0, err
+	}
+	b := &meshfedv1.ResourceWriteBatch{Writes: []*meshfedv1.ResourceWrite{{Kind: kindPeering, Name: name, Payload: payload, ExpectedVersion: p.GetMeta().GetVersion()}}}
+	_, items, _, err := s.store().List(nil, state.ListParams{Kind: kindImported, Peer: name})
+	if err != nil {
+		return 0, err
+	}
+	for _, it := range items {
+		m := it.GetMeta()
+		b.Writes = append(b.Writes, &meshfedv1.ResourceWrite{Kind: kindImported, Namespace: m.GetNamespace(), Name: m.GetName()})
+	}
+	res, err := s.applyBatch(ctx, b)
+	if err != nil {
+		return 0, err
+	}
+	return res.Index, nil
+}
+
+// deleting says p is a tombstone waiting to tell its peer.
+func deleting(p *meshfedv1.Peering) bool {
+	return p.GetState() == meshfedv1.PeeringState_PEERING_STATE_DELETING
 }
 
 // deletePeeringState removes a peering and its imports in one write.
@@ -301,6 +357,9 @@ func (a *apiServer) SetServiceExport(ctx context.Context, req *meshfedv1.SetServ
 		}
 		if peer == nil {
 			return nil, status.Errorf(codes.FailedPrecondition, "invalid export.peers[%d]: there is no peering named %q", i, p)
+		}
+		if deleting(peer) {
+			return nil, status.Errorf(codes.FailedPrecondition, "invalid export.peers[%d]: peering %q is being deleted", i, p)
 		}
 	}
 	return writeResource(ctx, a.s, kindExport, "export", req.GetExport(), req.GetExpectedVersion(), modeUpsert)
@@ -464,6 +523,13 @@ func (s *Server) trustBundleProto(ws memdb.WatchSet) (*meshfedv1.TrustBundle, er
 
 // federatedBundles returns every peer's bundle, tagged with its peering.
 func (s *Server) federatedBundles(ws memdb.WatchSet) []*meshfedv1.TrustBundle {
+	return s.peerBundles(ws, false)
+}
+
+// peerBundles returns the bundle of every peering that has one; with
+// deleting, also those of peerings being deleted (whose servers must still
+// be recognised to be told).
+func (s *Server) peerBundles(ws memdb.WatchSet, withDeleting bool) []*meshfedv1.TrustBundle {
 	_, items, _, err := s.store().List(ws, listAll(kindPeering))
 	if err != nil {
 		return nil
@@ -471,6 +537,9 @@ func (s *Server) federatedBundles(ws memdb.WatchSet) []*meshfedv1.TrustBundle {
 	var out []*meshfedv1.TrustBundle
 	for _, it := range items {
 		p := it.(*meshfedv1.Peering)
+		if deleting(p) && !withDeleting {
+			continue
+		}
 		if b := p.GetPeerBundle(); b != nil && len(b.GetRootsPem()) > 0 && p.GetPeerTrustDomain() != "" {
 			c := proto.Clone(b).(*meshfedv1.TrustBundle)
 			c.TrustDomain = p.GetPeerTrustDomain()

@@ -3,6 +3,7 @@ package controlplane
 import (
 	"context"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"net"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -549,4 +551,130 @@ func expiredToken(t *testing.T, tok federation.Token) string {
 		t.Fatal(err)
 	}
 	return s
+}
+
+// TestPeeringDeletedWhileLinkDown deletes a peering on either side while
+// the link is cut: the side that deleted keeps a tombstone (imports and the
+// peer's roots gone at once) until the link is back and the peer has been
+// told; then both sides are gone. A second delete gives up on telling.
+func TestPeeringDeletedWhileLinkDown(t *testing.T) {
+	east := startNamedCluster(t, "east", 1)
+	link := &linkSwitch{}
+	west := startTestClusterWith(t, 1, func(cfg *Config) {
+		cfg.Cluster, cfg.TrustDomain = "west", "west.mesh"
+		cfg.peerHeartbeat, cfg.peerBackoff = 300*time.Millisecond, 100*time.Millisecond
+		cfg.peerDial = link.dial
+	})
+	ctx := context.Background()
+	ec, wc := east.client(t, east.servers[0]), west.client(t, west.servers[0])
+	registerService(t, ec, "payments", "10.1.0.1")
+	registerService(t, wc, "web", "10.0.0.1")
+	exportBoth := func() {
+		t.Helper()
+		for _, x := range []struct {
+			cl        *client.Client
+			svc, peer string
+		}{{ec, "payments", "west"}, {wc, "web", "east"}} {
+			if _, err := x.cl.Peering.SetServiceExport(ctx, &meshfedv1.SetServiceExportRequest{Export: &meshfedv1.ServiceExport{
+				Meta: &meshfedv1.Meta{Namespace: "default", Name: x.svc}, Peers: []string{x.peer}}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		waitImports(t, east, map[string][]string{"default/west.web": {"10.0.0.1"}})
+		waitImports(t, west, map[string][]string{"default/east.payments": {"10.1.0.1"}})
+	}
+	gone := func(c *testCluster, name string) error {
+		_, err := c.client(t, c.servers[0]).Peering.GetPeering(ctx, &meshfedv1.GetRequest{Name: name})
+		if status.Code(err) == codes.NotFound {
+			return nil
+		}
+		return fmt.Errorf("peering %s on %s: %v", name, c.servers[0].cfg.Cluster, err)
+	}
+	federated := func(cl *client.Client) int {
+		t.Helper()
+		b, err := cl.CA.GetTrustBundle(ctx, &meshfedv1.GetTrustBundleRequest{Federated: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(b.GetBundles()) - 1 // the own bundle comes first
+	}
+	cut := func() {
+		t.Helper()
+		link.set(false)
+		waitPeering(t, east, "west", meshfedv1.PeeringState_PEERING_STATE_DISCONNECTED)
+		waitPeering(t, west, "east", meshfedv1.PeeringState_PEERING_STATE_DISCONNECTED)
+	}
+
+	for _, side := range []string{"acceptor", "dialer"} {
+		t.Run("deleted on the "+side, func(t *testing.T) {
+			peerClusters(t, east, west, "east", "west")
+			exportBoth()
+			cut()
+			here, hereCl, name, there, thereName := east, ec, "west", west, "east"
+			if side == "dialer" {
+				here, hereCl, name, there, thereName = west, wc, "east", east, "west"
+			}
+			if _, err := hereCl.Peering.DeletePeering(ctx, &meshfedv1.DeleteRequest{Name: name}); err != nil {
+				t.Fatal(err)
+			}
+			p := waitPeering(t, here, name, meshfedv1.PeeringState_PEERING_STATE_DELETING)
+			if !strings.Contains(p.GetLastError(), "delete again") {
+				t.Errorf("a deleting peering says %q", p.GetLastError())
+			}
+			waitImports(t, here, map[string][]string{})
+			if n := federated(hereCl); n != 0 {
+				t.Errorf("%d federated bundles left on the deleting side", n)
+			}
+			_, err := hereCl.Peering.GeneratePeeringToken(ctx, &meshfedv1.GeneratePeeringTokenRequest{Peer: name})
+			if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "being deleted") {
+				t.Errorf("a token for a deleting peering: %v", err)
+			}
+			_, err = hereCl.Peering.SetServiceExport(ctx, &meshfedv1.SetServiceExportRequest{Export: &meshfedv1.ServiceExport{
+				Meta: &meshfedv1.Meta{Namespace: "default", Name: "payments"}, Peers: []string{name}}})
+			if status.Code(err) != codes.FailedPrecondition {
+				t.Errorf("an export to a deleting peering: %v", err)
+			}
+			// The other side knows nothing yet: it keeps its imports, stale.
+			if err := gone(there, thereName); err == nil {
+				t.Fatal("the other side lost its peering while the link was cut")
+			}
+			link.set(true)
+			if err := poll(20*time.Second, func() error {
+				return errors.Join(gone(east, "west"), gone(west, "east"))
+			}); err != nil {
+				t.Fatal(err)
+			}
+			waitImports(t, there, map[string][]string{})
+			if n := federated(ec) + federated(wc); n != 0 {
+				t.Errorf("%d federated bundles left after the deletion", n)
+			}
+		})
+	}
+
+	t.Run("a second delete gives up on telling the peer", func(t *testing.T) {
+		peerClusters(t, east, west, "east", "west")
+		cut()
+		for range 2 {
+			if _, err := ec.Peering.DeletePeering(ctx, &meshfedv1.DeleteRequest{Name: "west"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := gone(east, "west"); err != nil {
+			t.Fatal(err)
+		}
+		// west was never told; an operator deletes it there too.
+		if err := gone(west, "east"); err == nil {
+			t.Fatal("west's peering went away without being told")
+		}
+		if _, err := wc.Peering.DeletePeering(ctx, &meshfedv1.DeleteRequest{Name: "east"}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := wc.Peering.DeletePeering(ctx, &meshfedv1.DeleteRequest{Name: "east"}); err != nil {
+			t.Fatal(err)
+		}
+		if err := gone(west, "east"); err != nil {
+			t.Fatal(err)
+		}
+		link.set(true)
+	})
 }

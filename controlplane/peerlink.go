@@ -66,7 +66,8 @@ func (l *peerLinks) start(name string, cancel context.CancelCauseFunc) func() {
 
 // close ends the session of a peering being deleted, after telling the
 // peer (closeReason is picked up by the session's sender).
-func (l *peerLinks) close(name, reason string) {
+// It says whether a session was running.
+func (l *peerLinks) close(name, reason string) bool {
 	l.mu.Lock()
 	cancel, ok := l.running[name]
 	if ok {
@@ -77,6 +78,7 @@ func (l *peerLinks) close(name, reason string) {
 	if ok {
 		cancel(errClosedHere)
 	}
+	return ok
 }
 
 func (l *peerLinks) closeReason(name string) (string, bool) {
@@ -426,8 +428,14 @@ func (a *apiServer) Stream(stream meshfedv1.PeerStreamService_StreamServer) erro
 	if err := federation.CheckBundle(td, open.GetBundle()); err != nil {
 		return status.Error(codes.InvalidArgument, err.Error())
 	}
-	if err := (peerLocal{s: s}).StoreBundle(ctx, name, open.GetBundle()); err != nil {
+	p, err := s.peering(name)
+	if err != nil {
 		return toStatus(err)
+	}
+	if !deleting(p) {
+		if err := (peerLocal{s: s}).StoreBundle(ctx, name, open.GetBundle()); err != nil {
+			return toStatus(err)
+		}
 	}
 	reply, err := s.ownOpen("")
 	if err != nil {
@@ -435,6 +443,12 @@ func (a *apiServer) Stream(stream meshfedv1.PeerStreamService_StreamServer) erro
 	}
 	if err := stream.Send(reply); err != nil {
 		return err
+	}
+	if deleting(p) {
+		if err := s.tellDeleted(ctx, name, stream); !errors.Is(err, errClosedHere) {
+			return toStatus(err)
+		}
+		return nil
 	}
 	s.log.Info("peer connected", "peer", name, "cluster", open.GetCluster())
 	err = s.runSession(ctx, name, td, stream)
@@ -658,6 +672,21 @@ func (s *Server) dialPeer(ctx context.Context, name string) error {
 	return errors.Join(errs...)
 }
 
+// tellDeleted sends the close of a peering deleted here while its link
+// was down, then removes what is left of it. The stream has been opened
+// both ways.
+func (s *Server) tellDeleted(ctx context.Context, name string, stream federation.Stream) error {
+	if err := stream.Send(&meshfedv1.PeerMessage{Message: &meshfedv1.PeerMessage_Close{Close: &meshfedv1.PeerClose{
+		Reason: "deleted by an operator of " + s.cfg.Cluster}}}); err != nil {
+		return err
+	}
+	if _, err := s.deletePeeringState(ctx, name, 0); err != nil {
+		return err
+	}
+	s.log.Info("peering deleted: the peer was told", "peer", name)
+	return errClosedHere
+}
+
 // errSessionEnded wraps the end of a session that had started.
 var errSessionEnded = errors.New("session ended")
 
@@ -709,6 +738,9 @@ func (s *Server) dialPeerAt(ctx context.Context, p *meshfedv1.Peering, td spiffe
 	if err := validateOpen(reply); err != nil {
 		return err
 	}
+	if deleting(p) {
+		return s.tellDeleted(ctx, name, stream)
+	}
 	err = s.updatePeering(ctx, name, func(p *meshfedv1.Peering) {
 		p.Secret = ""
 		p.PeerBundle = proto.Clone(reply.GetBundle()).(*meshfedv1.TrustBundle)
@@ -739,7 +771,7 @@ func (s *Server) followPeerBundles(ctx context.Context) {
 		ws := memdb.NewWatchSet()
 		ws.Add(s.store().AbandonCh())
 		fed := map[string][]*x509.Certificate{}
-		for _, b := range s.federatedBundles(ws) {
+		for _, b := range s.peerBundles(ws, true) {
 			for _, r := range b.GetRootsPem() {
 				if certs, err := tlsutil.ParseCertificatesPEM([]byte(r)); err == nil {
 					fed[b.GetTrustDomain()] = append(fed[b.GetTrustDomain()], certs...)

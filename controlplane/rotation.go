@@ -441,7 +441,7 @@ func (s *Server) peersBehind(seq uint64) ([]string, error) {
 	}
 	var out []string
 	for _, p := range all {
-		if p.GetPeerBundle() == nil || p.GetPeerTrustDomain() == "" {
+		if p.GetPeerBundle() == nil || p.GetPeerTrustDomain() == "" || deleting(p) {
 			continue
 		}
 		if s.links.ackedSeq(p.GetMeta().GetName()) < seq {
@@ -456,7 +456,7 @@ func (s *Server) establishedPeers() int {
 	all, _ := s.peerings()
 	n := 0
 	for _, p := range all {
-		if p.GetPeerBundle() != nil && p.GetPeerTrustDomain() != "" {
+		if p.GetPeerBundle() != nil && p.GetPeerTrustDomain() != "" && !deleting(p) {
 			n++
 		}
 	}
