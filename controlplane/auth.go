@@ -83,6 +83,10 @@ func policyFor(fullMethod string) methodPolicy {
 		// A peer cluster: the handler checks its peering secret or its
 		// server certificate against the peer's bundle.
 		return methodPolicy{permSelf, fwdNever}
+	case svc == "meshfed.v1.CAService" && m == "GetCAStatus":
+		// The leader owns the peer links and knows what each peer
+		// acknowledged.
+		return methodPolicy{permRead, fwdAlways}
 	case strings.HasPrefix(m, "Watch"):
 		return methodPolicy{permRead, fwdNever}
 	case strings.HasPrefix(m, "Get") || strings.HasPrefix(m, "List") || strings.HasPrefix(m, "Resolve") || m == "WhoAmI":

@@ -255,6 +255,19 @@ func TestFederatedTrustAndResolve(t *testing.T) {
 	if !strings.Contains(progress[0].GetMessage(), "1 peers have the new bundle") {
 		t.Fatalf("activate did not count the peer: %q", progress[0].GetMessage())
 	}
+	// ca status counts the peer as on the current bundle.
+	if err := poll(10*time.Second, func() error {
+		st, err := wc.CA.GetCAStatus(ctx, &meshfedv1.GetCAStatusRequest{})
+		if err != nil {
+			return err
+		}
+		if st.GetPeers() != 1 || st.GetPeersCurrent() != 1 {
+			return fmt.Errorf("ca status: %d peers, %d on the current bundle", st.GetPeers(), st.GetPeersCurrent())
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // linkSwitch dials peer clusters while on; switching it off closes what it

@@ -55,6 +55,19 @@ func (s *Server) caStatus(ctx context.Context) (*meshfedv1.CAStatus, error) {
 		TrustDomain: s.td.Name(), BundleSequence: v.sequence,
 		Watchers: ws.total, WatchersCurrent: ws.current,
 	}
+	all, err := s.peerings()
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range all {
+		if p.GetPeerBundle() == nil || p.GetPeerTrustDomain() == "" || deleting(p) {
+			continue
+		}
+		out.Peers++
+		if s.links.ackedSeq(p.GetMeta().GetName()) >= v.sequence {
+			out.PeersCurrent++
+		}
+	}
 	switch rot.Next() {
 	case meshfedv1.RotationStep_ROTATION_STEP_ACTIVATE:
 		out.RotationStep = "activate"

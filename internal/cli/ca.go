@@ -42,6 +42,7 @@ func (a *app) printCAStatus(s *meshfedv1.CAStatus) error {
 		"Trust domain", s.GetTrustDomain(),
 		"Bundle sequence", formatUint(s.GetBundleSequence()),
 		"Bundle watchers", fmt.Sprintf("%d (%d on the current bundle)", s.GetWatchers(), s.GetWatchersCurrent()),
+		"Peer clusters", fmt.Sprintf("%d (%d on the current bundle)", s.GetPeers(), s.GetPeersCurrent()),
 		"Rotation step", s.GetRotationStep(),
 	); err != nil {
 		return err

@@ -419,7 +419,11 @@ type CAStatus struct {
 	Watchers        uint32 `protobuf:"varint,4,opt,name=watchers,proto3" json:"watchers,omitempty"`
 	WatchersCurrent uint32 `protobuf:"varint,5,opt,name=watchers_current,json=watchersCurrent,proto3" json:"watchers_current,omitempty"`
 	// The step a rotation in progress is waiting at, if any.
-	RotationStep  string `protobuf:"bytes,6,opt,name=rotation_step,json=rotationStep,proto3" json:"rotation_step,omitempty"`
+	RotationStep string `protobuf:"bytes,6,opt,name=rotation_step,json=rotationStep,proto3" json:"rotation_step,omitempty"`
+	// Established peer clusters, and how many acknowledged the current
+	// bundle over their peer stream (activate waits for every one).
+	Peers         uint32 `protobuf:"varint,7,opt,name=peers,proto3" json:"peers,omitempty"`
+	PeersCurrent  uint32 `protobuf:"varint,8,opt,name=peers_current,json=peersCurrent,proto3" json:"peers_current,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -494,6 +498,20 @@ func (x *CAStatus) GetRotationStep() string {
 		return x.RotationStep
 	}
 	return ""
+}
+
+func (x *CAStatus) GetPeers() uint32 {
+	if x != nil {
+		return x.Peers
+	}
+	return 0
+}
+
+func (x *CAStatus) GetPeersCurrent() uint32 {
+	if x != nil {
+		return x.PeersCurrent
+	}
+	return 0
 }
 
 type GetCAStatusRequest struct {
@@ -1001,14 +1019,16 @@ const file_meshfed_v1_ca_proto_rawDesc = "" +
 	"\n" +
 	"state_time\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\tstateTime\x12#\n" +
-	"\rwatcher_svids\x18\v \x01(\rR\fwatcherSvids\"\xfb\x01\n" +
+	"\rwatcher_svids\x18\v \x01(\rR\fwatcherSvids\"\xb6\x02\n" +
 	"\bCAStatus\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x127\n" +
 	"\vauthorities\x18\x02 \x03(\v2\x15.meshfed.v1.AuthorityR\vauthorities\x12'\n" +
 	"\x0fbundle_sequence\x18\x03 \x01(\x04R\x0ebundleSequence\x12\x1a\n" +
 	"\bwatchers\x18\x04 \x01(\rR\bwatchers\x12)\n" +
 	"\x10watchers_current\x18\x05 \x01(\rR\x0fwatchersCurrent\x12#\n" +
-	"\rrotation_step\x18\x06 \x01(\tR\frotationStep\"\x14\n" +
+	"\rrotation_step\x18\x06 \x01(\tR\frotationStep\x12\x14\n" +
+	"\x05peers\x18\a \x01(\rR\x05peers\x12#\n" +
+	"\rpeers_current\x18\b \x01(\rR\fpeersCurrent\"\x14\n" +
 	"\x12GetCAStatusRequest\"5\n" +
 	"\x15GetTrustBundleRequest\x12\x1c\n" +
 	"\tfederated\x18\x01 \x01(\bR\tfederated\"}\n" +
