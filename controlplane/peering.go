@@ -3,6 +3,7 @@ package controlplane
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"sort"
 	"strings"
@@ -270,25 +271,33 @@ func (a *apiServer) DeletePeering(ctx context.Context, req *meshfedv1.DeleteRequ
 		return nil, status.Errorf(codes.NotFound, "peering %q not found", req.GetName())
 	}
 	name := req.GetName()
-	running := s.links.close(name, "deleted by an operator of "+s.cfg.Cluster)
-	if !running && p.GetState() != meshfedv1.PeeringState_PEERING_STATE_DELETING && p.GetPeerBundle() != nil {
-		// The peer cannot be told now: the peering stays, as deleting,
-		// until the link is back and the peer has heard it. Its imports
-		// go now, and its roots leave the workloads' bundles.
-		idx, err := s.markDeleting(ctx, p, req.GetExpectedVersion())
+	if v := req.GetExpectedVersion(); v != 0 && v != p.GetMeta().GetVersion() {
+		// Checked before the peer is told anything.
+		return nil, toStatus(fmt.Errorf("%w: peering %q: stored version %d, expected %d", state.ErrVersionMismatch, name, p.GetMeta().GetVersion(), v))
+	}
+	reason := "deleted by an operator of " + s.cfg.Cluster
+	if deleting(p) || p.GetPeerBundle() == nil {
+		// A second delete gives up on telling the peer; a peering that
+		// never reached its peer has nobody to tell.
+		s.links.close(name, reason)
+		idx, err := s.deletePeeringState(ctx, name, req.GetExpectedVersion())
 		if err != nil {
 			return nil, toStatus(err)
 		}
-		s.log.Info("peering deleted here; the peer is told once the link is back", "peer", name)
+		s.log.Info("peering deleted", "peer", name)
 		return &meshfedv1.DeleteResponse{Index: idx}, nil
 	}
-	// The session told the peer; or the peering never reached a peer; or
-	// a second delete gives up on telling it.
-	idx, err := s.deletePeeringState(ctx, name, req.GetExpectedVersion())
+	// The peering becomes a tombstone at once: its imports go, its roots
+	// leave the workloads' bundles. It is removed once the peer has heard
+	// of the deletion: now, by the running session, or when the link is
+	// back.
+	idx, err := s.markDeleting(ctx, p, req.GetExpectedVersion())
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	s.log.Info("peering deleted", "peer", name, "peer_told", running)
+	if !s.links.close(name, reason) {
+		s.log.Info("peering deleted here; the peer is told once the link is back", "peer", name)
+	}
 	return &meshfedv1.DeleteResponse{Index: idx}, nil
 }
 
@@ -297,12 +306,24 @@ func (a *apiServer) DeletePeering(ctx context.Context, req *meshfedv1.DeleteRequ
 const deletingNote = "deleted here; the peer is told when the link is back (delete again to remove it now)"
 
 // markDeleting turns a peering into a tombstone that only tells the peer
-// of the deletion, and removes its imports, in one write.
+// of the deletion, and removes its imports, in one write. The link's
+// retries record their errors on the peering meanwhile: a concurrent change
+// is read again, unless the caller expected a version.
 func (s *Server) markDeleting(ctx context.Context, p *meshfedv1.Peering, expected uint64) (uint64, error) {
-	name := p.GetMeta().GetName()
-	if expected != 0 && expected != p.GetMeta().GetVersion() {
-		return 0, status.Errorf(codes.Aborted, "peering %q is at version %d, not %d", name, p.GetMeta().GetVersion(), expected)
+	for range 5 {
+		idx, err := s.markDeletingOnce(ctx, p)
+		if err == nil || expected != 0 || !isVersionMismatch(err) {
+			return idx, err
+		}
+		if p, err = s.peering(p.GetMeta().GetName()); err != nil || p == nil {
+			return 0, errPeeringGone
+		}
 	}
+	return 0, status.Error(codes.Aborted, "peering is changing concurrently; retry")
+}
+
+func (s *Server) markDeletingOnce(ctx context.Context, p *meshfedv1.Peering) (uint64, error) {
+	name := p.GetMeta().GetName()
 	next := proto.Clone(p).(*meshfedv1.Peering)
 	stripServerMeta(next.Meta)
 	next.State, next.LastError = meshfedv1.PeeringState_PEERING_STATE_DELETING, deletingNote

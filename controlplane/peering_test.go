@@ -618,6 +618,22 @@ func TestPeeringDeletedWhileLinkDown(t *testing.T) {
 		waitPeering(t, west, "east", meshfedv1.PeeringState_PEERING_STATE_DISCONNECTED)
 	}
 
+	// Connected, a deletion on the dialing side reaches the acceptor: the
+	// close is not lost when the dialer tears its connection down.
+	t.Run("deleted on the dialer while connected", func(t *testing.T) {
+		peerClusters(t, east, west, "east", "west")
+		exportBoth()
+		if _, err := wc.Peering.DeletePeering(ctx, &meshfedv1.DeleteRequest{Name: "east"}); err != nil {
+			t.Fatal(err)
+		}
+		if err := poll(10*time.Second, func() error {
+			return errors.Join(gone(east, "west"), gone(west, "east"))
+		}); err != nil {
+			t.Fatal(err)
+		}
+		waitImports(t, east, map[string][]string{})
+	})
+
 	for _, side := range []string{"acceptor", "dialer"} {
 		t.Run("deleted on the "+side, func(t *testing.T) {
 			peerClusters(t, east, west, "east", "west")
@@ -690,4 +706,35 @@ func TestPeeringDeletedWhileLinkDown(t *testing.T) {
 		}
 		link.set(true)
 	})
+}
+
+// TestPeerLinkReplacement: a new stream from the same peer replaces the
+// running session, which ends as replaced and leaves its successor
+// registered, so that a delete still reaches the live session.
+func TestPeerLinkReplacement(t *testing.T) {
+	l := newPeerLinks()
+	ctxA, cancelA := context.WithCancelCause(context.Background())
+	doneA := l.start("west", cancelA)
+	ctxB, cancelB := context.WithCancelCause(context.Background())
+	doneB := l.start("west", cancelB)
+	if !errors.Is(context.Cause(ctxA), errReplaced) {
+		t.Fatalf("the first session ended with %v, want errReplaced", context.Cause(ctxA))
+	}
+	doneA()
+	if ctxB.Err() != nil {
+		t.Fatal("the replacing session was cancelled")
+	}
+	if !l.close("west", "deleted") {
+		t.Fatal("close found no running session after the replaced one ended")
+	}
+	if !errors.Is(context.Cause(ctxB), errClosedHere) {
+		t.Fatalf("the live session ended with %v, want errClosedHere", context.Cause(ctxB))
+	}
+	if r, ok := l.closeReason("west"); !ok || r != "deleted" {
+		t.Fatalf("close reason %q, %v", r, ok)
+	}
+	doneB()
+	if l.close("west", "again") {
+		t.Fatal("a session is still registered after both ended")
+	}
 }

@@ -33,33 +33,45 @@ import (
 // what the peers acknowledged.
 type peerLinks struct {
 	mu sync.Mutex
-	// running maps a peering to the cancel function of its session.
-	running map[string]context.CancelCauseFunc
+	// running maps a peering to its session.
+	running map[string]*linkSession
 	// closing is set by DeletePeering so a running session tells the peer.
 	closing map[string]string
 	// acked is the highest bundle sequence each peer acknowledged.
 	acked map[string]uint64
 }
 
+// linkSession is one running session; its pointer tells it apart from a
+// session that replaced it.
+type linkSession struct{ cancel context.CancelCauseFunc }
+
 func newPeerLinks() *peerLinks {
-	return &peerLinks{running: map[string]context.CancelCauseFunc{}, closing: map[string]string{}, acked: map[string]uint64{}}
+	return &peerLinks{running: map[string]*linkSession{}, closing: map[string]string{}, acked: map[string]uint64{}}
 }
+
+// errReplaced ends a session when a new stream from the same peer took its
+// place: the link is up, so the old session records no disconnection.
+var errReplaced = errors.New("replaced by a new session")
 
 // errClosedHere ends a session whose peering an operator deleted here.
 var errClosedHere = errors.New("peering deleted on this side")
 
 // start registers a session; the returned function unregisters it.
 func (l *peerLinks) start(name string, cancel context.CancelCauseFunc) func() {
+	me := &linkSession{cancel: cancel}
 	l.mu.Lock()
 	if prev, ok := l.running[name]; ok {
-		prev(errors.New("replaced by a new session"))
+		prev.cancel(errReplaced)
 	}
-	l.running[name] = cancel
+	l.running[name] = me
 	l.mu.Unlock()
 	return func() {
 		l.mu.Lock()
-		delete(l.running, name)
-		delete(l.closing, name)
+		// A session that was replaced leaves its successor registered.
+		if l.running[name] == me {
+			delete(l.running, name)
+			delete(l.closing, name)
+		}
 		l.mu.Unlock()
 	}
 }
@@ -69,14 +81,14 @@ func (l *peerLinks) start(name string, cancel context.CancelCauseFunc) func() {
 // It says whether a session was running.
 func (l *peerLinks) close(name, reason string) bool {
 	l.mu.Lock()
-	cancel, ok := l.running[name]
+	sess, ok := l.running[name]
 	if ok {
 		l.closing[name] = reason
 	}
 	delete(l.acked, name)
 	l.mu.Unlock()
 	if ok {
-		cancel(errClosedHere)
+		sess.cancel(errClosedHere)
 	}
 	return ok
 }
@@ -379,9 +391,13 @@ func (s *Server) runSession(ctx context.Context, name string, td spiffeid.TrustD
 		Log: s.log.With("peer", name), Heartbeat: s.cfg.peerHeartbeat}
 	err := sess.Run(ctx)
 	if errors.Is(err, errClosedHere) {
-		if reason, ok := s.links.closeReason(name); ok {
-			_ = stream.Send(&meshfedv1.PeerMessage{Message: &meshfedv1.PeerMessage_Close{Close: &meshfedv1.PeerClose{Reason: reason}}})
-		}
+		reason, _ := s.links.closeReason(name)
+		done()
+		// The session's reader is still reading the stream.
+		return s.tellDeleted(context.WithoutCancel(ctx), name, reason, stream, false)
+	}
+	if errors.Is(err, errReplaced) {
+		s.log.Info("peer session replaced by the peer's new stream", "peer", name)
 		return err
 	}
 	s.log.Warn("peer link down", "peer", name, "error", err)
@@ -445,9 +461,8 @@ func (a *apiServer) Stream(stream meshfedv1.PeerStreamService_StreamServer) erro
 		return err
 	}
 	if deleting(p) {
-		if err := s.tellDeleted(ctx, name, stream); !errors.Is(err, errClosedHere) {
-			return toStatus(err)
-		}
+		// Closing the stream ends what is left of the call.
+		_ = s.tellDeleted(ctx, name, "", stream, false)
 		return nil
 	}
 	s.log.Info("peer connected", "peer", name, "cluster", open.GetCluster())
@@ -601,7 +616,8 @@ func (s *Server) runPeerLinks(ctx context.Context) {
 	}
 }
 
-// peerLink dials the peer of one peering until ctx ends, with backoff.
+// peerLink dials the peer of one peering until ctx ends, with backoff: the
+// wait doubles from cfg.peerBackoff (1s) up to 30 times that.
 func (s *Server) peerLink(ctx context.Context, name string) {
 	backoff := s.cfg.peerBackoff
 	if backoff <= 0 {
@@ -628,7 +644,7 @@ func (s *Server) peerLink(ctx context.Context, name string) {
 			return
 		case <-time.After(wait):
 		}
-		wait = min(2*wait, 30*time.Second)
+		wait = min(2*wait, 30*backoff)
 	}
 }
 
@@ -672,19 +688,67 @@ func (s *Server) dialPeer(ctx context.Context, name string) error {
 	return errors.Join(errs...)
 }
 
-// tellDeleted sends the close of a peering deleted here while its link
-// was down, then removes what is left of it. The stream has been opened
-// both ways.
-func (s *Server) tellDeleted(ctx context.Context, name string, stream federation.Stream) error {
-	if err := stream.Send(&meshfedv1.PeerMessage{Message: &meshfedv1.PeerMessage_Close{Close: &meshfedv1.PeerClose{
-		Reason: "deleted by an operator of " + s.cfg.Cluster}}}); err != nil {
-		return err
+// tellDeleted sends the close of a peering deleted here and, once the peer
+// has ended the stream (it does so after deleting its side), removes the
+// tombstone. If the peer does not answer within a few seconds the
+// tombstone stays, and the next session tells it again. With drain,
+// nobody else reads the stream, so this reads and drops until it ends.
+func (s *Server) tellDeleted(ctx context.Context, name, reason string, stream federation.Stream, drain bool) error {
+	if reason == "" {
+		reason = "deleted by an operator of " + s.cfg.Cluster
+	}
+	if err := stream.Send(&meshfedv1.PeerMessage{Message: &meshfedv1.PeerMessage_Close{Close: &meshfedv1.PeerClose{Reason: reason}}}); err != nil {
+		s.log.Warn("could not tell the peer of the deletion; the peering stays deleting", "peer", name, "error", err)
+		return errClosedHere
+	}
+	if !awaitPeerEnd(stream, drain) {
+		s.log.Warn("the peer did not confirm the deletion; the peering stays deleting", "peer", name)
+		return errClosedHere
 	}
 	if _, err := s.deletePeeringState(ctx, name, 0); err != nil {
-		return err
+		s.log.Warn("removing a deleted peering", "peer", name, "error", err)
+		return errClosedHere
 	}
 	s.log.Info("peering deleted: the peer was told", "peer", name)
 	return errClosedHere
+}
+
+// awaitPeerEnd waits (a few seconds at most) for the peer to end the
+// stream after a close, and says whether it did. The dialing side
+// half-closes first; the accepting side sees the dialer cancel its call.
+func awaitPeerEnd(stream federation.Stream, drain bool) bool {
+	var done <-chan struct{}
+	switch cs := stream.(type) {
+	case interface {
+		CloseSend() error
+		Context() context.Context
+	}:
+		if cs.CloseSend() != nil {
+			return false
+		}
+		if drain {
+			go func() {
+				for {
+					if _, err := stream.Recv(); err != nil {
+						return
+					}
+				}
+			}()
+		}
+		done = cs.Context().Done()
+	case interface{ Context() context.Context }:
+		done = cs.Context().Done()
+	default:
+		return false
+	}
+	t := time.NewTimer(5 * time.Second)
+	defer t.Stop()
+	select {
+	case <-done:
+		return true
+	case <-t.C:
+		return false
+	}
 }
 
 // errSessionEnded wraps the end of a session that had started.
@@ -739,7 +803,7 @@ func (s *Server) dialPeerAt(ctx context.Context, p *meshfedv1.Peering, td spiffe
 		return err
 	}
 	if deleting(p) {
-		return s.tellDeleted(ctx, name, stream)
+		return s.tellDeleted(ctx, name, "", stream, true)
 	}
 	err = s.updatePeering(ctx, name, func(p *meshfedv1.Peering) {
 		p.Secret = ""
