@@ -1,0 +1,2 @@
+# The one mesh settings object is imported with the ID "global".
+terraform import meshfed_mesh_settings.this global
