@@ -89,8 +89,13 @@ func (e *peeringTokenEphemeral) Open(ctx context.Context, req ephemeral.OpenRequ
 		return
 	}
 	name := m.Peer.ValueString()
-	out, err := e.client.Peering.GeneratePeeringToken(ctx, &meshfedv1.GeneratePeeringTokenRequest{Peer: name})
-	if status.Code(err) == codes.FailedPrecondition {
+	var out *meshfedv1.GeneratePeeringTokenResponse
+	var err error
+	for attempt := 0; ; attempt++ {
+		out, err = e.client.Peering.GeneratePeeringToken(ctx, &meshfedv1.GeneratePeeringTokenRequest{Peer: name})
+		if status.Code(err) != codes.FailedPrecondition {
+			break
+		}
 		// The server refuses a token for an established peering; say so
 		// instead of failing every plan after the peering was made.
 		p, gerr := e.client.Peering.GetPeering(ctx, &meshfedv1.GetRequest{Name: name})
@@ -98,6 +103,11 @@ func (e *peeringTokenEphemeral) Open(ctx context.Context, req ephemeral.OpenRequ
 			m.Token, m.Established = types.StringNull(), types.BoolValue(true)
 			resp.Diagnostics.Append(resp.Result.Set(ctx, &m)...)
 			return
+		}
+		// Gone in between (a destroy of the peering running alongside):
+		// ask again.
+		if !isNotFound(gerr) || attempt == 2 {
+			break
 		}
 	}
 	if err != nil {

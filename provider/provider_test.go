@@ -1,6 +1,7 @@
 package provider
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -149,9 +150,17 @@ func findTerraform() (string, error) {
 }
 
 func checkTerraformVersion(bin string) error {
-	out, err := exec.Command(bin, "version", "-json").Output()
+	cmd := exec.Command(bin, "version", "-json")
+	// An empty CLI configuration: OpenTofu warns on standard output about
+	// a TF_CLI_CONFIG_FILE that does not exist.
+	cmd.Env = append(os.Environ(), "TF_CLI_CONFIG_FILE="+os.DevNull, "CHECKPOINT_DISABLE=1")
+	out, err := cmd.Output()
 	if err != nil {
 		return err
+	}
+	// Anything printed before the JSON document is not part of it.
+	if i := bytes.IndexByte(out, '{'); i > 0 {
+		out = out[i:]
 	}
 	var v struct {
 		Version string `json:"terraform_version"`
