@@ -331,7 +331,13 @@ func (s *Server) markDeletingOnce(ctx context.Context, p *meshfedv1.Peering) (ui
 	if err != nil {
 		return 0, err
 	}
-	b := &meshfedv1.ResourceWriteBatch{Writes: []*meshfedv1.ResourceWrite{{Kind: kindPeering, Name: name, Payload: payload, ExpectedVersion: p.GetMeta().GetVersion()}}}
+	return s.applyWithImportsGone(ctx, name, &meshfedv1.ResourceWrite{Kind: kindPeering, Name: name, Payload: payload, ExpectedVersion: p.GetMeta().GetVersion()})
+}
+
+// applyWithImportsGone applies w together with the deletion of every
+// import of peering name, in one write.
+func (s *Server) applyWithImportsGone(ctx context.Context, name string, w *meshfedv1.ResourceWrite) (uint64, error) {
+	b := &meshfedv1.ResourceWriteBatch{Writes: []*meshfedv1.ResourceWrite{w}}
 	_, items, _, err := s.store().List(nil, state.ListParams{Kind: kindImported, Peer: name})
 	if err != nil {
 		return 0, err
@@ -354,20 +360,7 @@ func deleting(p *meshfedv1.Peering) bool {
 
 // deletePeeringState removes a peering and its imports in one write.
 func (s *Server) deletePeeringState(ctx context.Context, name string, expected uint64) (uint64, error) {
-	b := &meshfedv1.ResourceWriteBatch{Writes: []*meshfedv1.ResourceWrite{{Kind: kindPeering, Name: name, ExpectedVersion: expected}}}
-	_, items, _, err := s.store().List(nil, state.ListParams{Kind: kindImported, Peer: name})
-	if err != nil {
-		return 0, err
-	}
-	for _, it := range items {
-		m := it.GetMeta()
-		b.Writes = append(b.Writes, &meshfedv1.ResourceWrite{Kind: kindImported, Namespace: m.GetNamespace(), Name: m.GetName()})
-	}
-	res, err := s.applyBatch(ctx, b)
-	if err != nil {
-		return 0, err
-	}
-	return res.Index, nil
+	return s.applyWithImportsGone(ctx, name, &meshfedv1.ResourceWrite{Kind: kindPeering, Name: name, ExpectedVersion: expected})
 }
 
 func (a *apiServer) SetServiceExport(ctx context.Context, req *meshfedv1.SetServiceExportRequest) (*meshfedv1.ServiceExport, error) {
