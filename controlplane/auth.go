@@ -5,6 +5,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -38,6 +39,12 @@ const (
 	// permBundle: anyone who may see the trust bundle: an SVID of this trust
 	// domain (workload or server), or an admin or read token.
 	permBundle
+	// permWorkload: the reads a proxy needs: admin or read tokens, or a
+	// workload SVID of this trust domain.
+	permWorkload
+	// permProxy: a workload SVID of this trust domain, and no bearer token
+	// (ProxyService: a proxy acts only as its own identity).
+	permProxy
 )
 
 // forwardMode says when a method must run on the leader.
@@ -52,6 +59,21 @@ const (
 type methodPolicy struct {
 	perm    permission
 	forward forwardMode
+}
+
+// workloadReads are the reads meshfed-proxy makes with its SVID alone: the
+// endpoints of the services it calls, the policies it enforces and the
+// mesh settings. Every other read still needs a token.
+var workloadReads = map[string]bool{
+	"meshfed.v1.CatalogService/GetService":                true,
+	"meshfed.v1.CatalogService/Resolve":                   true,
+	"meshfed.v1.CatalogService/WatchResolve":              true,
+	"meshfed.v1.PolicyService/ListAuthorizationPolicies":  true,
+	"meshfed.v1.PolicyService/WatchAuthorizationPolicies": true,
+	"meshfed.v1.PolicyService/ListTrafficPolicies":        true,
+	"meshfed.v1.PolicyService/WatchTrafficPolicies":       true,
+	"meshfed.v1.MeshSettingsService/GetMeshSettings":      true,
+	"meshfed.v1.MeshSettingsService/WatchMeshSettings":    true,
 }
 
 // policyFor classifies a method by its name. Reads are Get*, List*, Watch*,
@@ -83,6 +105,15 @@ func policyFor(fullMethod string) methodPolicy {
 		// A peer cluster: the handler checks its peering secret or its
 		// server certificate against the peer's bundle.
 		return methodPolicy{permSelf, fwdNever}
+	case svc == "meshfed.v1.ProxyService":
+		// Registration and deregistration write; the leader keeps the
+		// heartbeats' times, so heartbeats run there too.
+		return methodPolicy{permProxy, fwdAlways}
+	case workloadReads[svc+"/"+m]:
+		if strings.HasPrefix(m, "Watch") {
+			return methodPolicy{permWorkload, fwdNever}
+		}
+		return methodPolicy{permWorkload, fwdIfConsistent}
 	case svc == "meshfed.v1.CAService" && m == "GetCAStatus":
 		// The leader owns the peer links and knows what each peer
 		// acknowledged.
@@ -99,6 +130,10 @@ func policyFor(fullMethod string) methodPolicy {
 type caller struct {
 	token    *meshfedv1.Token
 	serverID string
+	// workload is the workload identity of a call authenticated by its SVID
+	// (permWorkload and permProxy only), directly or as forwarded by
+	// another server of this cluster.
+	workload spiffeid.ID
 }
 
 type callerKey struct{}
@@ -114,6 +149,12 @@ func callerFrom(ctx context.Context) caller {
 
 // forwardedKey marks a call a follower forwarded, so it is not forwarded again.
 const forwardedKey = "x-meshfed-forwarded"
+
+// forwardedWorkloadKey carries, on a forwarded call, the workload identity
+// the forwarding server verified from the caller's SVID: the leader sees the
+// follower's certificate, not the workload's. The leader believes it only
+// from a server of this cluster (see workloadCaller).
+const forwardedWorkloadKey = "x-meshfed-workload-id"
 
 // isForwarded and bearerToken read single keys: ValueFromIncomingContext
 // does not copy the whole metadata map on every call.
@@ -153,6 +194,10 @@ func (s *Server) peerServerID(ctx context.Context) string {
 // authenticate identifies the caller and checks the method's permission.
 func (s *Server) authenticate(ctx context.Context, full string, pol methodPolicy) (caller, error) {
 	c := caller{serverID: s.peerServerID(ctx)}
+	_, m := methodName(full)
+	if pol.perm == permProxy {
+		return s.authenticateProxy(ctx, c, m)
+	}
 	if secret := bearerToken(ctx); secret != "" {
 		_, tok, err := s.store().TokenBySecretHash(nil, hashSecret(secret))
 		if err != nil {
@@ -167,9 +212,12 @@ func (s *Server) authenticate(ctx context.Context, full string, pol methodPolicy
 		c.token = tok
 	}
 	kind := c.token.GetKind()
-	_, m := methodName(full)
 	deny := func() (caller, error) {
 		if c.token == nil && c.serverID == "" {
+			if id, ok := presentedID(ctx); ok {
+				return c, status.Errorf(codes.PermissionDenied,
+					"%s cannot call %s with its SVID: a workload SVID may call only the reads meshfed-proxy needs and ProxyService; use a bearer token", id, m)
+			}
 			return c, status.Error(codes.Unauthenticated, "missing bearer token: set --token or MESHFED_TOKEN")
 		}
 		return c, status.Errorf(codes.PermissionDenied, "a %s token cannot call %s", tokenKindName(kind), m)
@@ -209,8 +257,84 @@ func (s *Server) authenticate(ctx context.Context, full string, pol methodPolicy
 				}
 			}
 		}
+	case permWorkload:
+		if kind == meshfedv1.TokenKind_TOKEN_KIND_ADMIN || kind == meshfedv1.TokenKind_TOKEN_KIND_READ {
+			return c, nil
+		}
+		if c.token == nil && (c.serverID != "" || len(peerCertificates(ctx)) > 0) {
+			id, err := s.workloadCaller(ctx, c.serverID, m)
+			if err != nil {
+				return c, err
+			}
+			c.workload, c.serverID = id, ""
+			return c, nil
+		}
 	}
 	return deny()
+}
+
+// authenticateProxy admits a ProxyService call: a workload SVID of this
+// trust domain, never a bearer token, so that a proxy acts only as the
+// identity its certificate proves.
+func (s *Server) authenticateProxy(ctx context.Context, c caller, m string) (caller, error) {
+	if bearerToken(ctx) != "" {
+		return c, status.Errorf(codes.PermissionDenied,
+			"ProxyService/%s does not take a bearer token: meshfed-proxy calls it with its workload SVID as the TLS client certificate", m)
+	}
+	if c.serverID == "" && len(peerCertificates(ctx)) == 0 {
+		return c, status.Errorf(codes.Unauthenticated,
+			"ProxyService/%s needs the workload's SVID as the TLS client certificate", m)
+	}
+	id, err := s.workloadCaller(ctx, c.serverID, m)
+	if err != nil {
+		return c, err
+	}
+	c.workload, c.serverID = id, ""
+	return c, nil
+}
+
+// workloadCaller returns the workload identity a call authenticated by an
+// SVID is made as. A call from a server of this cluster is one it forwarded:
+// that server verified the workload's SVID and names it in the metadata.
+// Anyone else must present a workload SVID of this trust domain that chains
+// to the current bundle; a peer cluster's workload is refused, though its
+// certificate passes the TLS handshake.
+func (s *Server) workloadCaller(ctx context.Context, serverID, m string) (spiffeid.ID, error) {
+	if serverID != "" {
+		v := metadata.ValueFromIncomingContext(ctx, forwardedWorkloadKey)
+		if len(v) != 1 || !isForwarded(ctx) {
+			return spiffeid.ID{}, status.Errorf(codes.PermissionDenied, "server %s cannot call %s as a workload", serverID, m)
+		}
+		id, err := spiffeid.FromString(v[0])
+		if err != nil || !id.MemberOf(s.td) {
+			return spiffeid.ID{}, status.Errorf(codes.Internal, "server %s forwarded an invalid workload identity %q", serverID, v[0])
+		}
+		if _, _, ok := workloadAccount(id); !ok {
+			return spiffeid.ID{}, status.Errorf(codes.Internal, "server %s forwarded %q, which is not a workload identity", serverID, v[0])
+		}
+		return id, nil
+	}
+	id, err := s.callerSVID(ctx)
+	if err != nil {
+		return spiffeid.ID{}, err
+	}
+	if _, _, ok := workloadAccount(id); !ok {
+		return spiffeid.ID{}, status.Errorf(codes.PermissionDenied,
+			"%s is not a workload identity (spiffe://%s/ns/<namespace>/sa/<service account>)", id, s.td.Name())
+	}
+	return id, nil
+}
+
+// presentedID returns the SPIFFE ID of the caller's TLS client
+// certificate, verified by the handshake against the bundles this server
+// trusts, if it presented one.
+func presentedID(ctx context.Context) (spiffeid.ID, bool) {
+	certs := peerCertificates(ctx)
+	if len(certs) == 0 {
+		return spiffeid.ID{}, false
+	}
+	id, err := x509svid.IDFromCert(certs[0])
+	return id, err == nil
 }
 
 func tokenKindName(k meshfedv1.TokenKind) string {
@@ -225,6 +349,23 @@ func tokenKindName(k meshfedv1.TokenKind) string {
 		return "workload-join"
 	}
 	return "unknown"
+}
+
+// authenticateBeforeForwarding reports whether a follower must authenticate
+// a call itself before forwarding it to the leader. A bearer token travels
+// with the forwarded call and the leader checks it (a token created moments
+// ago may be known only there), but a client certificate does not: the
+// follower verifies a workload's SVID and forwards the identity it proved
+// (see outgoing). A call that needs a token and has none is refused here:
+// the leader would refuse it too.
+func authenticateBeforeForwarding(ctx context.Context, perm permission) bool {
+	switch perm {
+	case permProxy:
+		return true
+	case permWorkload, permRead, permWrite:
+		return bearerToken(ctx) == ""
+	}
+	return false
 }
 
 // wantsConsistent reports whether a read asked for a consistent read.
@@ -242,6 +383,13 @@ func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.Unary
 	if needLeader && !s.isLeader() {
 		if isForwarded(ctx) {
 			return nil, status.Error(codes.Unavailable, "not the leader; retry")
+		}
+		if authenticateBeforeForwarding(ctx, pol.perm) {
+			c, err := s.authenticate(ctx, info.FullMethod, pol)
+			if err != nil {
+				return nil, err
+			}
+			ctx = withCaller(ctx, c)
 		}
 		return s.fwd.forwardUnary(ctx, info.FullMethod, req.(proto.Message))
 	}

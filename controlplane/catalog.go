@@ -3,6 +3,9 @@ package controlplane
 import (
 	"context"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	meshfedv1 "github.com/meshfed/meshfed/api/meshfed/v1"
 	mfid "github.com/meshfed/meshfed/internal/spiffeid"
 )
@@ -43,7 +46,19 @@ func (a *apiServer) WatchServices(req *meshfedv1.WatchRequest, stream meshfedv1.
 }
 
 func (a *apiServer) CreateWorkload(ctx context.Context, req *meshfedv1.CreateWorkloadRequest) (*meshfedv1.Workload, error) {
+	if err := operatorWorkload(req.GetWorkload()); err != nil {
+		return nil, err
+	}
 	return writeResource(ctx, a.s, kindWorkload, "workload", a.s.withWorkloadIdentity(req.GetWorkload()), 0, modeCreate)
+}
+
+// operatorWorkload refuses what only a proxy may say of a workload: that a
+// proxy registered it, which subjects it to heartbeats (ProxyService).
+func operatorWorkload(w *meshfedv1.Workload) error {
+	if w.GetProxy() {
+		return status.Error(codes.InvalidArgument, "invalid workload.proxy: set only by meshfed-proxy, which registers its endpoint through ProxyService")
+	}
+	return nil
 }
 
 // withWorkloadIdentity fills an empty spiffe_id with the identity of the
@@ -83,6 +98,9 @@ func (a *apiServer) ListWorkloads(_ context.Context, req *meshfedv1.ListRequest)
 }
 
 func (a *apiServer) UpdateWorkload(ctx context.Context, req *meshfedv1.UpdateWorkloadRequest) (*meshfedv1.Workload, error) {
+	if err := operatorWorkload(req.GetWorkload()); err != nil {
+		return nil, err
+	}
 	return writeResource(ctx, a.s, kindWorkload, "workload", a.s.withWorkloadIdentity(req.GetWorkload()), req.GetExpectedVersion(), updateMode(req.GetAllowMissing()))
 }
 

@@ -19,6 +19,13 @@ const (
 	DefaultHTTPPort = 7702
 )
 
+// Defaults of the proxies' heartbeats: a proxy that was killed stops
+// being resolved within the TTL plus a second or so.
+const (
+	DefaultProxyHeartbeatInterval = 2 * time.Second
+	DefaultProxyHeartbeatTTL      = 6 * time.Second
+)
+
 // Config configures one server.
 type Config struct {
 	// NodeID names this server in the cluster; it is part of the server's
@@ -80,6 +87,15 @@ type Config struct {
 	// peerDial, when set, dials peer clusters (tests cut the link with it).
 	peerDial func(ctx context.Context, addr string) (net.Conn, error)
 
+	// ProxyHeartbeatInterval is how often meshfed-proxy sends a heartbeat
+	// for its endpoint (default 2s); the proxy learns it when it registers.
+	// ProxyHeartbeatTTL is how long the leader waits for one before it
+	// marks the endpoint HEALTH_STATUS_UNKNOWN (default 6s); it must be
+	// longer than the interval. When only one is set, the other follows
+	// it (see proxyHeartbeats).
+	ProxyHeartbeatInterval time.Duration
+	ProxyHeartbeatTTL      time.Duration
+
 	// Raft timing; zero values take defaults tuned for a LAN.
 	HeartbeatTimeout   time.Duration
 	ElectionTimeout    time.Duration
@@ -128,5 +144,27 @@ func (c *Config) Validate() error {
 	if c.Bootstrap && len(c.JoinAddrs) > 0 {
 		return errors.New("--bootstrap and --join are mutually exclusive")
 	}
+	if c.ProxyHeartbeatInterval < 0 || c.ProxyHeartbeatTTL < 0 {
+		return errors.New("proxy heartbeat interval and TTL must not be negative")
+	}
+	if c.ProxyHeartbeatInterval > 0 && c.ProxyHeartbeatTTL > 0 && c.ProxyHeartbeatTTL <= c.ProxyHeartbeatInterval {
+		return fmt.Errorf("proxy heartbeat TTL %s must be longer than the interval %s", c.ProxyHeartbeatTTL, c.ProxyHeartbeatInterval)
+	}
 	return nil
+}
+
+// proxyHeartbeats returns the heartbeat interval and TTL of c, with the
+// defaults for what is not set: an interval of 2s, or a third of a TTL
+// below 6s; a TTL of 6s, or three intervals above 2s.
+func (c *Config) proxyHeartbeats() (interval, ttl time.Duration) {
+	interval, ttl = c.ProxyHeartbeatInterval, c.ProxyHeartbeatTTL
+	switch {
+	case interval == 0 && ttl == 0:
+		return DefaultProxyHeartbeatInterval, DefaultProxyHeartbeatTTL
+	case interval == 0:
+		return min(DefaultProxyHeartbeatInterval, ttl/3), ttl
+	case ttl == 0:
+		return interval, max(DefaultProxyHeartbeatTTL, 3*interval)
+	}
+	return interval, ttl
 }

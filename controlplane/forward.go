@@ -23,8 +23,9 @@ import (
 )
 
 // forwarder sends calls a follower cannot serve to the leader, over mTLS
-// with this server's certificate, carrying the caller's bearer token so the
-// leader authorizes the original caller.
+// with this server's certificate, carrying the caller's bearer token (or
+// the workload identity of its verified SVID) so the leader authorizes the
+// original caller.
 type forwarder struct {
 	s     *Server
 	mu    sync.Mutex
@@ -101,13 +102,18 @@ func (f *forwarder) leaderConn(ctx context.Context) (*grpc.ClientConn, error) {
 	}
 }
 
-// outgoing carries the caller's credentials to the leader.
+// outgoing carries the caller's credentials to the leader: its bearer
+// token, or the workload identity this server verified from its SVID. The
+// metadata is built afresh, so nothing else the caller sent is passed on.
 func outgoing(ctx context.Context) context.Context {
 	md := metadata.MD{forwardedKey: []string{"1"}}
 	if in, ok := metadata.FromIncomingContext(ctx); ok {
 		if v := in.Get("authorization"); len(v) > 0 {
 			md.Set("authorization", v...)
 		}
+	}
+	if id := callerFrom(ctx).workload; !id.IsZero() {
+		md.Set(forwardedWorkloadKey, id.String())
 	}
 	return metadata.NewOutgoingContext(ctx, md)
 }

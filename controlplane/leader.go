@@ -67,6 +67,13 @@ func (s *Server) lead(ctx context.Context) {
 			s.log.Warn("leader barrier failed", "error", err)
 		}
 	}
+	// Heartbeats reach the leader only: start counting them from now.
+	livenessDone := make(chan struct{})
+	go func() {
+		defer close(livenessDone)
+		s.watchProxyLiveness(ctx)
+	}()
+	defer func() { <-livenessDone }()
 	if err := s.applyBootstrap(ctx); err != nil {
 		s.log.Error("applying bootstrap records", "error", err)
 	}

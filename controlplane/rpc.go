@@ -57,6 +57,7 @@ func (s *Server) startAPI() error {
 	meshfedv1.RegisterWorkloadIdentityServiceServer(s.grpc, api)
 	meshfedv1.RegisterPeeringServiceServer(s.grpc, api)
 	meshfedv1.RegisterPeerStreamServiceServer(s.grpc, api)
+	meshfedv1.RegisterProxyServiceServer(s.grpc, api)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, hs)
 	reflection.Register(s.grpc)
@@ -82,6 +83,7 @@ type apiServer struct {
 	meshfedv1.UnimplementedWorkloadIdentityServiceServer
 	meshfedv1.UnimplementedPeeringServiceServer
 	meshfedv1.UnimplementedPeerStreamServiceServer
+	meshfedv1.UnimplementedProxyServiceServer
 }
 
 // applyWrite proposes a resource write and returns the FSM's result. CAS

@@ -64,6 +64,8 @@ type Server struct {
 	links *peerLinks
 	// renewChecks caches which authority a renewing client's SVID chains to.
 	renewChecks svidCheckCache
+	// liveness is when each proxy last reported, while this server leads.
+	liveness proxyLiveness
 
 	// ctx lives as long as the server runs.
 	ctx context.Context
@@ -85,6 +87,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.DeadServerCleanup == 0 {
 		cfg.DeadServerCleanup = time.Minute
 	}
+	cfg.ProxyHeartbeatInterval, cfg.ProxyHeartbeatTTL = cfg.proxyHeartbeats()
 	abs, err := filepath.Abs(cfg.DataDir)
 	if err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what `make bench` compares meshfed against: Debian's etcd (server
-# and etcdctl) and smallstep's step-ca, built from source into bin/tools.
+# and etcdctl) and HAProxy, and smallstep's step-ca, built from source into
+# bin/tools.
 # Safe to run again; does nothing for what is already present.
 # The Go client in bench/go.mod (go.etcd.io/etcd/client/v3 v3.5.x) is chosen
 # for the server Debian ships (bookworm: 3.4.23): etcd supports clients one
@@ -22,7 +23,7 @@ if [ ! -x "$root/bin/tools/step-ca" ] || [ "$(stepca_version "$root/bin/tools/st
 	CGO_ENABLED=0 GOBIN="$root/bin/tools" "$GO" install "github.com/smallstep/certificates/cmd/step-ca@$STEP_CA_VERSION"
 fi
 
-pkgs=(etcd-server etcd-client)
+pkgs=(etcd-server etcd-client haproxy)
 
 installed() {
 	dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed$'
@@ -43,9 +44,15 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 "${sudo[@]}" apt-get update -q
 "${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
-# The package enables a single-member etcd service; where a service manager
-# starts it, stop it so it does not take CPU from the measured clusters.
-if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then
-	"${sudo[@]}" systemctl disable --now etcd >/dev/null 2>&1 || true
+# The packages enable a single-member etcd service and an HAProxy service;
+# where a service manager starts them, stop them so they take no CPU from the
+# measured processes (the benchmarks run their own, in the foreground).
+if command -v systemctl >/dev/null 2>&1; then
+	for unit in etcd haproxy; do
+		if systemctl is-active --quiet "$unit" 2>/dev/null; then
+			"${sudo[@]}" systemctl disable --now "$unit" >/dev/null 2>&1 || true
+		fi
+	done
 fi
 etcd --version | head -n 1
+haproxy -v | head -n 1

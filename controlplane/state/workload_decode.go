@@ -34,6 +34,7 @@ type workloadPayload struct {
 	service, address, spiffeID, version []byte
 	port                                uint32
 	health                              int32
+	proxy                               bool
 	hasMeta, hasLocality                bool
 	region, zone                        []byte
 }
@@ -51,6 +52,8 @@ func parseWorkload(b []byte) (p workloadPayload, ok bool) {
 				p.port = uint32(f.Varint)
 			case 6:
 				p.health = int32(f.Varint)
+			case 9:
+				p.proxy = f.Varint != 0
 			default:
 				return p, false
 			}
@@ -204,6 +207,7 @@ func (p *workloadPayload) build(namespace, name string, sib *meshfedv1.Workload,
 	w.Health = meshfedv1.HealthStatus(p.health)
 	w.SpiffeId = same(p.spiffeID, sib.GetSpiffeId())
 	w.Version = same(p.version, sib.GetVersion())
+	w.Proxy = p.proxy
 	if p.hasLocality {
 		sl := sib.GetLocality()
 		if sl != nil && string(p.region) == sl.GetRegion() && string(p.zone) == sl.GetZone() &&

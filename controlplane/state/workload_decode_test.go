@@ -85,6 +85,12 @@ func TestWorkloadDecode(t *testing.T) {
 		}(), true},
 		"peer":           {write(&meshfedv1.Workload{Meta: &meshfedv1.Meta{Namespace: "default", Name: "p", Peer: "east"}, Service: "web"}), true},
 		"unknown health": {write(&meshfedv1.Workload{Meta: &meshfedv1.Meta{Namespace: "default", Name: "h"}, Health: 42}), true},
+		"proxy":          {write(&meshfedv1.Workload{Meta: &meshfedv1.Meta{Namespace: "default", Name: "web-1"}, Service: "web", Address: "10.0.0.2", Proxy: true}), true},
+		"proxy, health":  {write(&meshfedv1.Workload{Meta: &meshfedv1.Meta{Namespace: "default", Name: "p"}, Service: "web", Health: 3, Proxy: true}), true},
+		// A bool is any varint; not 0 is true.
+		"proxy as 2":          {appendField(write(workload("default", "p", "web", "1.1.1.1")), protowire.AppendVarint(protowire.AppendTag(nil, 9, protowire.VarintType), 2)), true},
+		"proxy false written": {appendField(write(workload("default", "p", "web", "1.1.1.1")), protowire.AppendVarint(protowire.AppendTag(nil, 9, protowire.VarintType), 0)), true},
+		"proxy as bytes":      {appendField(write(workload("default", "p", "web", "1.1.1.1")), stringField(9, "x")), false},
 		"must not exist, exists": {func() *meshfedv1.ResourceWrite {
 			w := write(workload("default", "web-1", "web", "x"))
 			w.MustNotExist = true
@@ -157,9 +163,12 @@ func TestWorkloadDecode(t *testing.T) {
 
 	// Random mutations of valid payloads.
 	rng := rand.New(rand.NewPCG(5, 6))
+	proxied := workload("default", "web-7", "web", "10.0.0.7")
+	proxied.Proxy, proxied.Health = true, meshfedv1.HealthStatus_HEALTH_STATUS_UNKNOWN
 	bases := [][]byte{
 		upsertWrite(t, labelled("web-7", map[string]string{"app": "web", "tier": "front"})).Payload,
 		upsertWrite(t, workload("default", "web-1", "web", "10.0.0.2")).Payload,
+		upsertWrite(t, proxied).Payload,
 	}
 	for range 20000 {
 		b := append([]byte(nil), bases[rng.IntN(len(bases))]...)
@@ -187,6 +196,9 @@ func FuzzWorkloadDecode(f *testing.F) {
 	wl := workload("default", "web-7", "web", "10.0.0.7")
 	wl.Meta.Labels = map[string]string{"app": "web"}
 	b, _ := proto.Marshal(wl)
+	f.Add(b)
+	wl.Proxy = true
+	b, _ = proto.Marshal(wl)
 	f.Add(b)
 	s := decodeStore(f)
 	f.Fuzz(func(t *testing.T, payload []byte) {

@@ -29,6 +29,9 @@ func checkMeshSettings(c *checker, root string, s *meshfedv1.MeshSettings) {
 		checkTrafficRules(c, p, d)
 	}
 	c.locality(field(root, "locality"), s.GetLocality())
+	// mtls_mode, like every enum, is checked by walk: UNSPECIFIED (which
+	// means STRICT), STRICT and PERMISSIVE pass, any other number fails
+	// naming settings.mtls_mode.
 }
 
 // checkEndpointAddress accepts host:port or an http(s) URL with a host.

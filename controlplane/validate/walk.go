@@ -3,6 +3,7 @@ package validate
 import (
 	"math"
 	"strconv"
+	"strings"
 	"unicode/utf8"
 
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -103,7 +104,7 @@ func (c *checker) value(path string, fd protoreflect.FieldDescriptor, v protoref
 	switch fd.Kind() {
 	case protoreflect.EnumKind:
 		if fd.Enum().Values().ByNumber(v.Enum()) == nil {
-			c.failf(path, "unknown value %d", v.Enum())
+			c.failf(path, "unknown value %d: must be one of %s", v.Enum(), enumNames(fd.Enum()))
 		}
 	case protoreflect.StringKind:
 		s := v.String()
@@ -123,6 +124,16 @@ func (c *checker) value(path string, fd protoreflect.FieldDescriptor, v protoref
 	case protoreflect.MessageKind, protoreflect.GroupKind:
 		c.walk(path, v.Message())
 	}
+}
+
+// enumNames lists the names of an enum's values, as JSON input spells them.
+func enumNames(d protoreflect.EnumDescriptor) string {
+	vals := d.Values()
+	names := make([]string, vals.Len())
+	for i := range vals.Len() {
+		names[i] = string(vals.Get(i).Name())
+	}
+	return strings.Join(names, ", ")
 }
 
 func limit(table map[protoreflect.FullName]int, fd protoreflect.FieldDescriptor, def int) int {

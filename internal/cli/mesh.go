@@ -15,7 +15,8 @@ func (a *app) meshCommand() *cobra.Command {
 		Use:   "mesh",
 		Short: "Show and change the cluster-wide mesh settings",
 		Long: `The mesh settings are the cluster-wide defaults: the action when no
-authorization policy allows a call (deny unless changed: zero trust), access
+authorization policy allows a call (deny unless changed: zero trust), what
+proxies' inbound listeners accept (mTLS mode: strict unless changed), access
 logs, trace sampling and export, the default traffic policy, and the
 cluster's locality.`,
 	})
@@ -31,12 +32,17 @@ func (a *app) printMeshSettings(s *meshfedv1.MeshSettings) error {
 	if action == "" {
 		action = "deny (default)"
 	}
+	mtls := enumString(s.GetMtlsMode())
+	if mtls == "" {
+		mtls = "strict (default)"
+	}
 	dtp := ""
 	if s.GetDefaultTrafficPolicy() != nil {
 		dtp = "set (see -o json)"
 	}
 	return keyValues(a.stdout,
 		"Default authorization action", action,
+		"mTLS mode", mtls,
 		"Access logs", formatBool(s.GetAccessLogs()),
 		"Trace sampling", fmt.Sprintf("%g", s.GetTraceSampling()),
 		"OTLP endpoint", s.GetOtlpEndpoint(),

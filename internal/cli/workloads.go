@@ -17,7 +17,9 @@ func (a *app) workloadsCommand() *cobra.Command {
 		Aliases: []string{"workload", "wl"},
 		Short:   "List workloads (endpoints) and register static ones",
 		Long: `A workload is one endpoint of a service. Proxies register and deregister
-their own; "workloads register" adds a static endpoint such as a VM.`,
+their own (SOURCE proxy: the control plane marks them unknown when their
+heartbeats stop); "workloads register" adds a static endpoint such as a VM
+(SOURCE static).`,
 	})
 	cmd.AddCommand(
 		a.workloadsListCommand(),
@@ -28,14 +30,24 @@ their own; "workloads register" adds a static endpoint such as a VM.`,
 	return cmd
 }
 
-var workloadHeaders = []string{"NAMESPACE", "NAME", "SERVICE", "ADDRESS", "PORT", "HEALTH", "LOCALITY", "VERSION", "SPIFFE-ID"}
+var workloadHeaders = []string{"NAMESPACE", "NAME", "SERVICE", "ADDRESS", "PORT", "HEALTH", "SOURCE", "LOCALITY", "VERSION", "SPIFFE-ID"}
 
 func workloadRow(w *meshfedv1.Workload) []string {
 	return []string{
 		w.GetMeta().GetNamespace(), w.GetMeta().GetName(), w.GetService(), w.GetAddress(),
-		formatUint(uint64(w.GetPort())), enumString(w.GetHealth()), formatLocality(w.GetLocality()),
+		formatUint(uint64(w.GetPort())), enumString(w.GetHealth()), workloadSource(w), formatLocality(w.GetLocality()),
 		w.GetVersion(), w.GetSpiffeId(),
 	}
+}
+
+// workloadSource says who registered a workload: its meshfed-proxy, which
+// keeps its health current with heartbeats, or an operator (a static
+// endpoint).
+func workloadSource(w *meshfedv1.Workload) string {
+	if w.GetProxy() {
+		return "proxy"
+	}
+	return "static"
 }
 
 func (a *app) printWorkloads(ws []*meshfedv1.Workload) error {
@@ -71,9 +83,9 @@ func (a *app) workloadsListCommand() *cobra.Command {
 					if ev.GetType() == meshfedv1.WatchEventType_WATCH_EVENT_TYPE_DELETE {
 						return qualifiedName(w.GetMeta())
 					}
-					return fmt.Sprintf("%s service=%s address=%s health=%s version=%d",
+					return fmt.Sprintf("%s service=%s address=%s health=%s source=%s version=%d",
 						qualifiedName(w.GetMeta()), w.GetService(), net.JoinHostPort(w.GetAddress(), formatUint(uint64(w.GetPort()))),
-						enumString(w.GetHealth()), w.GetMeta().GetVersion())
+						enumString(w.GetHealth()), workloadSource(w), w.GetMeta().GetVersion())
 				})
 			}
 			ws, index, err := listAll(ctx, &meshfedv1.ListRequest{Namespace: ns, Service: service},

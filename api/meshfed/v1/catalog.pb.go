@@ -271,7 +271,11 @@ type Workload struct {
 	// identity when empty.
 	SpiffeId string `protobuf:"bytes,7,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
 	// Version label used by weighted traffic splits.
-	Version       string `protobuf:"bytes,8,opt,name=version,proto3" json:"version,omitempty"`
+	Version string `protobuf:"bytes,8,opt,name=version,proto3" json:"version,omitempty"`
+	// Set when a meshfed-proxy registered the endpoint: the proxy reports its
+	// health with heartbeats, and the control plane marks the endpoint
+	// HEALTH_STATUS_UNKNOWN when they stop.
+	Proxy         bool `protobuf:"varint,9,opt,name=proxy,proto3" json:"proxy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -360,6 +364,13 @@ func (x *Workload) GetVersion() string {
 		return x.Version
 	}
 	return ""
+}
+
+func (x *Workload) GetProxy() bool {
+	if x != nil {
+		return x.Proxy
+	}
+	return false
 }
 
 // Endpoint is a workload as seen by a caller that resolves a service.
@@ -1122,7 +1133,7 @@ const file_meshfed_v1_catalog_proto_rawDesc = "" +
 	"\x0fservice_account\x18\x04 \x01(\tR\x0eserviceAccount\"6\n" +
 	"\bLocality\x12\x16\n" +
 	"\x06region\x18\x01 \x01(\tR\x06region\x12\x12\n" +
-	"\x04zone\x18\x02 \x01(\tR\x04zone\"\x93\x02\n" +
+	"\x04zone\x18\x02 \x01(\tR\x04zone\"\xa9\x02\n" +
 	"\bWorkload\x12$\n" +
 	"\x04meta\x18\x01 \x01(\v2\x10.meshfed.v1.MetaR\x04meta\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12\x18\n" +
@@ -1131,7 +1142,8 @@ const file_meshfed_v1_catalog_proto_rawDesc = "" +
 	"\blocality\x18\x05 \x01(\v2\x14.meshfed.v1.LocalityR\blocality\x120\n" +
 	"\x06health\x18\x06 \x01(\x0e2\x18.meshfed.v1.HealthStatusR\x06health\x12\x1b\n" +
 	"\tspiffe_id\x18\a \x01(\tR\bspiffeId\x12\x18\n" +
-	"\aversion\x18\b \x01(\tR\aversion\"\xd3\x01\n" +
+	"\aversion\x18\b \x01(\tR\aversion\x12\x14\n" +
+	"\x05proxy\x18\t \x01(\bR\x05proxy\"\xd3\x01\n" +
 	"\bEndpoint\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x120\n" +

@@ -21,6 +21,62 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// MTLSMode is what a proxy's inbound listener accepts.
+type MTLSMode int32
+
+const (
+	// Same as STRICT.
+	MTLSMode_MTLS_MODE_UNSPECIFIED MTLSMode = 0
+	// Mutual TLS only: a caller without an SVID is refused.
+	MTLSMode_MTLS_MODE_STRICT MTLSMode = 1
+	// Mutual TLS, and plain text from callers outside the mesh (during a
+	// migration). Plain-text callers have no identity: they match no rule's
+	// principals except "*" in a DENY rule, so they pass only where the
+	// default action is ALLOW and no such DENY rule applies.
+	MTLSMode_MTLS_MODE_PERMISSIVE MTLSMode = 2
+)
+
+// Enum value maps for MTLSMode.
+var (
+	MTLSMode_name = map[int32]string{
+		0: "MTLS_MODE_UNSPECIFIED",
+		1: "MTLS_MODE_STRICT",
+		2: "MTLS_MODE_PERMISSIVE",
+	}
+	MTLSMode_value = map[string]int32{
+		"MTLS_MODE_UNSPECIFIED": 0,
+		"MTLS_MODE_STRICT":      1,
+		"MTLS_MODE_PERMISSIVE":  2,
+	}
+)
+
+func (x MTLSMode) Enum() *MTLSMode {
+	p := new(MTLSMode)
+	*p = x
+	return p
+}
+
+func (x MTLSMode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (MTLSMode) Descriptor() protoreflect.EnumDescriptor {
+	return file_meshfed_v1_mesh_proto_enumTypes[0].Descriptor()
+}
+
+func (MTLSMode) Type() protoreflect.EnumType {
+	return &file_meshfed_v1_mesh_proto_enumTypes[0]
+}
+
+func (x MTLSMode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use MTLSMode.Descriptor instead.
+func (MTLSMode) EnumDescriptor() ([]byte, []int) {
+	return file_meshfed_v1_mesh_proto_rawDescGZIP(), []int{0}
+}
+
 // MeshSettings are the cluster-wide defaults. There is exactly one, named
 // "global"; deleting it restores the defaults.
 type MeshSettings struct {
@@ -37,7 +93,9 @@ type MeshSettings struct {
 	// Default traffic policy applied where a destination has none.
 	DefaultTrafficPolicy *TrafficPolicy `protobuf:"bytes,6,opt,name=default_traffic_policy,json=defaultTrafficPolicy,proto3" json:"default_traffic_policy,omitempty"`
 	// Locality of this cluster, used by cross-cluster failover.
-	Locality      *Locality `protobuf:"bytes,7,opt,name=locality,proto3" json:"locality,omitempty"`
+	Locality *Locality `protobuf:"bytes,7,opt,name=locality,proto3" json:"locality,omitempty"`
+	// What proxies' inbound listeners accept; default STRICT.
+	MtlsMode      MTLSMode `protobuf:"varint,8,opt,name=mtls_mode,json=mtlsMode,proto3,enum=meshfed.v1.MTLSMode" json:"mtls_mode,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -119,6 +177,13 @@ func (x *MeshSettings) GetLocality() *Locality {
 		return x.Locality
 	}
 	return nil
+}
+
+func (x *MeshSettings) GetMtlsMode() MTLSMode {
+	if x != nil {
+		return x.MtlsMode
+	}
+	return MTLSMode_MTLS_MODE_UNSPECIFIED
 }
 
 type GetMeshSettingsRequest struct {
@@ -362,7 +427,7 @@ var File_meshfed_v1_mesh_proto protoreflect.FileDescriptor
 const file_meshfed_v1_mesh_proto_rawDesc = "" +
 	"\n" +
 	"\x15meshfed/v1/mesh.proto\x12\n" +
-	"meshfed.v1\x1a\x18meshfed/v1/catalog.proto\x1a\x15meshfed/v1/meta.proto\x1a\x17meshfed/v1/policy.proto\"\x87\x03\n" +
+	"meshfed.v1\x1a\x18meshfed/v1/catalog.proto\x1a\x15meshfed/v1/meta.proto\x1a\x17meshfed/v1/policy.proto\"\xba\x03\n" +
 	"\fMeshSettings\x12$\n" +
 	"\x04meta\x18\x01 \x01(\v2\x10.meshfed.v1.MetaR\x04meta\x12a\n" +
 	"\x1cdefault_authorization_action\x18\x02 \x01(\x0e2\x1f.meshfed.v1.AuthorizationActionR\x1adefaultAuthorizationAction\x12\x1f\n" +
@@ -371,7 +436,8 @@ const file_meshfed_v1_mesh_proto_rawDesc = "" +
 	"\x0etrace_sampling\x18\x04 \x01(\x01R\rtraceSampling\x12#\n" +
 	"\rotlp_endpoint\x18\x05 \x01(\tR\fotlpEndpoint\x12O\n" +
 	"\x16default_traffic_policy\x18\x06 \x01(\v2\x19.meshfed.v1.TrafficPolicyR\x14defaultTrafficPolicy\x120\n" +
-	"\blocality\x18\a \x01(\v2\x14.meshfed.v1.LocalityR\blocality\"E\n" +
+	"\blocality\x18\a \x01(\v2\x14.meshfed.v1.LocalityR\blocality\x121\n" +
+	"\tmtls_mode\x18\b \x01(\x0e2\x14.meshfed.v1.MTLSModeR\bmtlsMode\"E\n" +
 	"\x16GetMeshSettingsRequest\x12+\n" +
 	"\x04read\x18\x01 \x01(\v2\x17.meshfed.v1.ReadOptionsR\x04read\"|\n" +
 	"\x19UpdateMeshSettingsRequest\x124\n" +
@@ -383,7 +449,11 @@ const file_meshfed_v1_mesh_proto_rawDesc = "" +
 	"\x19WatchMeshSettingsResponse\x12.\n" +
 	"\x04type\x18\x01 \x01(\x0e2\x1a.meshfed.v1.WatchEventTypeR\x04type\x124\n" +
 	"\bsettings\x18\x02 \x01(\v2\x18.meshfed.v1.MeshSettingsR\bsettings\x12\x14\n" +
-	"\x05index\x18\x03 \x01(\x04R\x05index2\xf6\x02\n" +
+	"\x05index\x18\x03 \x01(\x04R\x05index*U\n" +
+	"\bMTLSMode\x12\x19\n" +
+	"\x15MTLS_MODE_UNSPECIFIED\x10\x00\x12\x14\n" +
+	"\x10MTLS_MODE_STRICT\x10\x01\x12\x18\n" +
+	"\x14MTLS_MODE_PERMISSIVE\x10\x022\xf6\x02\n" +
 	"\x13MeshSettingsService\x12O\n" +
 	"\x0fGetMeshSettings\x12\".meshfed.v1.GetMeshSettingsRequest\x1a\x18.meshfed.v1.MeshSettings\x12U\n" +
 	"\x12UpdateMeshSettings\x12%.meshfed.v1.UpdateMeshSettingsRequest\x1a\x18.meshfed.v1.MeshSettings\x12S\n" +
@@ -402,43 +472,46 @@ func file_meshfed_v1_mesh_proto_rawDescGZIP() []byte {
 	return file_meshfed_v1_mesh_proto_rawDescData
 }
 
+var file_meshfed_v1_mesh_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
 var file_meshfed_v1_mesh_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_meshfed_v1_mesh_proto_goTypes = []any{
-	(*MeshSettings)(nil),              // 0: meshfed.v1.MeshSettings
-	(*GetMeshSettingsRequest)(nil),    // 1: meshfed.v1.GetMeshSettingsRequest
-	(*UpdateMeshSettingsRequest)(nil), // 2: meshfed.v1.UpdateMeshSettingsRequest
-	(*ResetMeshSettingsRequest)(nil),  // 3: meshfed.v1.ResetMeshSettingsRequest
-	(*WatchMeshSettingsRequest)(nil),  // 4: meshfed.v1.WatchMeshSettingsRequest
-	(*WatchMeshSettingsResponse)(nil), // 5: meshfed.v1.WatchMeshSettingsResponse
-	(*Meta)(nil),                      // 6: meshfed.v1.Meta
-	(AuthorizationAction)(0),          // 7: meshfed.v1.AuthorizationAction
-	(*TrafficPolicy)(nil),             // 8: meshfed.v1.TrafficPolicy
-	(*Locality)(nil),                  // 9: meshfed.v1.Locality
-	(*ReadOptions)(nil),               // 10: meshfed.v1.ReadOptions
-	(WatchEventType)(0),               // 11: meshfed.v1.WatchEventType
+	(MTLSMode)(0),                     // 0: meshfed.v1.MTLSMode
+	(*MeshSettings)(nil),              // 1: meshfed.v1.MeshSettings
+	(*GetMeshSettingsRequest)(nil),    // 2: meshfed.v1.GetMeshSettingsRequest
+	(*UpdateMeshSettingsRequest)(nil), // 3: meshfed.v1.UpdateMeshSettingsRequest
+	(*ResetMeshSettingsRequest)(nil),  // 4: meshfed.v1.ResetMeshSettingsRequest
+	(*WatchMeshSettingsRequest)(nil),  // 5: meshfed.v1.WatchMeshSettingsRequest
+	(*WatchMeshSettingsResponse)(nil), // 6: meshfed.v1.WatchMeshSettingsResponse
+	(*Meta)(nil),                      // 7: meshfed.v1.Meta
+	(AuthorizationAction)(0),          // 8: meshfed.v1.AuthorizationAction
+	(*TrafficPolicy)(nil),             // 9: meshfed.v1.TrafficPolicy
+	(*Locality)(nil),                  // 10: meshfed.v1.Locality
+	(*ReadOptions)(nil),               // 11: meshfed.v1.ReadOptions
+	(WatchEventType)(0),               // 12: meshfed.v1.WatchEventType
 }
 var file_meshfed_v1_mesh_proto_depIdxs = []int32{
-	6,  // 0: meshfed.v1.MeshSettings.meta:type_name -> meshfed.v1.Meta
-	7,  // 1: meshfed.v1.MeshSettings.default_authorization_action:type_name -> meshfed.v1.AuthorizationAction
-	8,  // 2: meshfed.v1.MeshSettings.default_traffic_policy:type_name -> meshfed.v1.TrafficPolicy
-	9,  // 3: meshfed.v1.MeshSettings.locality:type_name -> meshfed.v1.Locality
-	10, // 4: meshfed.v1.GetMeshSettingsRequest.read:type_name -> meshfed.v1.ReadOptions
-	0,  // 5: meshfed.v1.UpdateMeshSettingsRequest.settings:type_name -> meshfed.v1.MeshSettings
-	11, // 6: meshfed.v1.WatchMeshSettingsResponse.type:type_name -> meshfed.v1.WatchEventType
-	0,  // 7: meshfed.v1.WatchMeshSettingsResponse.settings:type_name -> meshfed.v1.MeshSettings
-	1,  // 8: meshfed.v1.MeshSettingsService.GetMeshSettings:input_type -> meshfed.v1.GetMeshSettingsRequest
-	2,  // 9: meshfed.v1.MeshSettingsService.UpdateMeshSettings:input_type -> meshfed.v1.UpdateMeshSettingsRequest
-	3,  // 10: meshfed.v1.MeshSettingsService.ResetMeshSettings:input_type -> meshfed.v1.ResetMeshSettingsRequest
-	4,  // 11: meshfed.v1.MeshSettingsService.WatchMeshSettings:input_type -> meshfed.v1.WatchMeshSettingsRequest
-	0,  // 12: meshfed.v1.MeshSettingsService.GetMeshSettings:output_type -> meshfed.v1.MeshSettings
-	0,  // 13: meshfed.v1.MeshSettingsService.UpdateMeshSettings:output_type -> meshfed.v1.MeshSettings
-	0,  // 14: meshfed.v1.MeshSettingsService.ResetMeshSettings:output_type -> meshfed.v1.MeshSettings
-	5,  // 15: meshfed.v1.MeshSettingsService.WatchMeshSettings:output_type -> meshfed.v1.WatchMeshSettingsResponse
-	12, // [12:16] is the sub-list for method output_type
-	8,  // [8:12] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	7,  // 0: meshfed.v1.MeshSettings.meta:type_name -> meshfed.v1.Meta
+	8,  // 1: meshfed.v1.MeshSettings.default_authorization_action:type_name -> meshfed.v1.AuthorizationAction
+	9,  // 2: meshfed.v1.MeshSettings.default_traffic_policy:type_name -> meshfed.v1.TrafficPolicy
+	10, // 3: meshfed.v1.MeshSettings.locality:type_name -> meshfed.v1.Locality
+	0,  // 4: meshfed.v1.MeshSettings.mtls_mode:type_name -> meshfed.v1.MTLSMode
+	11, // 5: meshfed.v1.GetMeshSettingsRequest.read:type_name -> meshfed.v1.ReadOptions
+	1,  // 6: meshfed.v1.UpdateMeshSettingsRequest.settings:type_name -> meshfed.v1.MeshSettings
+	12, // 7: meshfed.v1.WatchMeshSettingsResponse.type:type_name -> meshfed.v1.WatchEventType
+	1,  // 8: meshfed.v1.WatchMeshSettingsResponse.settings:type_name -> meshfed.v1.MeshSettings
+	2,  // 9: meshfed.v1.MeshSettingsService.GetMeshSettings:input_type -> meshfed.v1.GetMeshSettingsRequest
+	3,  // 10: meshfed.v1.MeshSettingsService.UpdateMeshSettings:input_type -> meshfed.v1.UpdateMeshSettingsRequest
+	4,  // 11: meshfed.v1.MeshSettingsService.ResetMeshSettings:input_type -> meshfed.v1.ResetMeshSettingsRequest
+	5,  // 12: meshfed.v1.MeshSettingsService.WatchMeshSettings:input_type -> meshfed.v1.WatchMeshSettingsRequest
+	1,  // 13: meshfed.v1.MeshSettingsService.GetMeshSettings:output_type -> meshfed.v1.MeshSettings
+	1,  // 14: meshfed.v1.MeshSettingsService.UpdateMeshSettings:output_type -> meshfed.v1.MeshSettings
+	1,  // 15: meshfed.v1.MeshSettingsService.ResetMeshSettings:output_type -> meshfed.v1.MeshSettings
+	6,  // 16: meshfed.v1.MeshSettingsService.WatchMeshSettings:output_type -> meshfed.v1.WatchMeshSettingsResponse
+	13, // [13:17] is the sub-list for method output_type
+	9,  // [9:13] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_meshfed_v1_mesh_proto_init() }
@@ -454,13 +527,14 @@ func file_meshfed_v1_mesh_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshfed_v1_mesh_proto_rawDesc), len(file_meshfed_v1_mesh_proto_rawDesc)),
-			NumEnums:      0,
+			NumEnums:      1,
 			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_meshfed_v1_mesh_proto_goTypes,
 		DependencyIndexes: file_meshfed_v1_mesh_proto_depIdxs,
+		EnumInfos:         file_meshfed_v1_mesh_proto_enumTypes,
 		MessageInfos:      file_meshfed_v1_mesh_proto_msgTypes,
 	}.Build()
 	File_meshfed_v1_mesh_proto = out.File

@@ -1,0 +1,571 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+
+	meshfedv1 "github.com/meshfed/meshfed/api/meshfed/v1"
+)
+
+const (
+	// connectTimeout bounds a connection to an upstream endpoint.
+	connectTimeout = 5 * time.Second
+	// ejectFor is how long an endpoint that refused a connection is
+	// skipped (unless every endpoint is).
+	ejectFor = 5 * time.Second
+	// maxReplayBody is the largest request body kept so that a request
+	// can be retried on another endpoint after a connection failure.
+	maxReplayBody = 64 << 10
+)
+
+// endpoint is one place an upstream's traffic can go.
+type endpoint struct {
+	addr     string
+	id       spiffeid.ID
+	cluster  string
+	inflight atomic.Int64
+	// ejectedUntil (Unix nanoseconds) is set after a failed connection.
+	ejectedUntil atomic.Int64
+}
+
+// endpointSet is one resolution of an upstream, immutable once built.
+type endpointSet struct {
+	// groups are the clusters in failover order, each with at least one
+	// endpoint.
+	groups [][]*endpoint
+	byAddr map[string]*endpoint
+	// ids are the identities the upstream's servers may present.
+	ids      map[spiffeid.ID]struct{}
+	protocol meshfedv1.Protocol
+	healthy  int
+}
+
+// upstream is one --upstream: a local listener and the endpoints behind it.
+type upstream struct {
+	p    *Proxy
+	cfg  Upstream
+	dest string
+	ln   net.Listener
+
+	set      atomic.Pointer[endpointSet]
+	resolved atomic.Bool
+	// setChanged is closed and replaced when the first endpoints arrive,
+	// so that early connections wait for them.
+	waitMu sync.Mutex
+	waitCh chan struct{}
+	rr     atomic.Uint64
+	lb     atomic.Int32 // meshfedv1.LoadBalancer
+	// requestTimeout (a time.Duration) bounds a whole HTTP request; 0 is
+	// none.
+	requestTimeout atomic.Int64
+	started        sync.Once
+
+	// HTTP and gRPC: a server for the app's requests and transports to the
+	// endpoints (HTTP/1.1 for http, HTTP/2 for grpc, both over mTLS).
+	srv *http.Server
+	rp  *httputil.ReverseProxy
+	h1  *http.Transport
+	h2  *http.Transport
+
+	mu      sync.Mutex
+	tcp     map[net.Conn]struct{}
+	tcpWG   sync.WaitGroup
+	closing bool
+}
+
+func newUpstream(p *Proxy, cfg Upstream) *upstream {
+	u := &upstream{p: p, cfg: cfg, dest: cfg.Namespace + "/" + cfg.Service, waitCh: make(chan struct{}), tcp: map[net.Conn]struct{}{}}
+	u.h1 = u.transport(false)
+	u.h2 = u.transport(true)
+	u.rp = &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			// The endpoint is chosen per attempt by roundTrip.
+			pr.Out.URL.Scheme = "https"
+			pr.Out.URL.Host = u.dest
+			pr.Out.Host = pr.In.Host
+		},
+		Transport:    roundTripperFunc(u.roundTrip),
+		ErrorHandler: u.proxyError,
+		ErrorLog:     discardLogger(),
+	}
+	protos := new(http.Protocols)
+	protos.SetHTTP1(true)
+	protos.SetUnencryptedHTTP2(true)
+	u.srv = &http.Server{Handler: u, Protocols: protos, ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 5 * time.Minute, ErrorLog: discardLogger()}
+	return u
+}
+
+type roundTripperFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripperFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+func (u *upstream) transport(h2 bool) *http.Transport {
+	t := &http.Transport{
+		DialTLSContext:        func(ctx context.Context, _, addr string) (net.Conn, error) { return u.dialTLS(ctx, addr, h2) },
+		MaxIdleConns:          1024,
+		MaxIdleConnsPerHost:   256,
+		IdleConnTimeout:       90 * time.Second,
+		DisableCompression:    true,
+		ResponseHeaderTimeout: 0,
+	}
+	protos := new(http.Protocols)
+	if h2 {
+		protos.SetHTTP2(true)
+	} else {
+		protos.SetHTTP1(true)
+	}
+	t.Protocols = protos
+	return t
+}
+
+func (u *upstream) listen() error {
+	ln, err := net.Listen("tcp", u.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("--upstream %s=%s: %w", u.cfg.Service, u.cfg.Listen, err)
+	}
+	u.ln = ln
+	return nil
+}
+
+func (u *upstream) close() {
+	if u.ln != nil {
+		u.ln.Close()
+	}
+}
+
+// watch follows the upstream's resolution.
+func (u *upstream) watch(ctx context.Context) error {
+	st, err := u.p.control().catalog.WatchResolve(ctx, &meshfedv1.ResolveRequest{
+		Namespace: u.cfg.Namespace, Name: u.cfg.Service, Locality: u.p.cfg.Locality,
+	})
+	if err != nil {
+		return err
+	}
+	for {
+		resp, err := st.Recv()
+		if err != nil {
+			return err
+		}
+		u.update(resp)
+	}
+}
+
+// update installs a new resolution, keeping the in-flight counts and
+// ejections of endpoints that stay.
+func (u *upstream) update(resp *meshfedv1.ResolveResponse) {
+	old := u.set.Load()
+	set := &endpointSet{byAddr: map[string]*endpoint{}, ids: map[spiffeid.ID]struct{}{}, protocol: resp.GetService().GetProtocol()}
+	for _, cl := range resp.GetClusters() {
+		var group []*endpoint
+		for _, e := range cl.GetEndpoints() {
+			if e.GetHealth() != meshfedv1.HealthStatus_HEALTH_STATUS_HEALTHY && e.GetHealth() != meshfedv1.HealthStatus_HEALTH_STATUS_UNSPECIFIED {
+				continue
+			}
+			id, err := spiffeid.FromString(e.GetSpiffeId())
+			if err != nil {
+				continue
+			}
+			addr := net.JoinHostPort(e.GetAddress(), strconv.Itoa(int(e.GetPort())))
+			if _, dup := set.byAddr[addr]; dup {
+				continue
+			}
+			ep := &endpoint{addr: addr, id: id, cluster: cl.GetCluster()}
+			if old != nil {
+				if prev := old.byAddr[addr]; prev != nil && prev.id == id {
+					ep = prev
+				}
+			}
+			set.byAddr[addr] = ep
+			set.ids[id] = struct{}{}
+			group = append(group, ep)
+		}
+		if len(group) > 0 {
+			set.groups = append(set.groups, group)
+			set.healthy += len(group)
+		}
+	}
+	u.set.Store(set)
+	u.p.m.healthy.WithLabelValues(u.cfg.key()).Set(float64(set.healthy))
+	if resp.GetService() != nil && !u.resolved.Load() {
+		u.resolved.Store(true)
+		u.waitMu.Lock()
+		close(u.waitCh)
+		u.waitMu.Unlock()
+	}
+	// Connections to endpoints that left stay open while in use; idle
+	// ones are dropped.
+	if old != nil {
+		for addr := range old.byAddr {
+			if _, ok := set.byAddr[addr]; !ok {
+				u.h1.CloseIdleConnections()
+				u.h2.CloseIdleConnections()
+				break
+			}
+		}
+	}
+}
+
+// current waits (up to the connect timeout) for the first resolution.
+func (u *upstream) current(ctx context.Context) (*endpointSet, error) {
+	if s := u.set.Load(); s != nil && u.resolved.Load() {
+		return s, nil
+	}
+	t := time.NewTimer(connectTimeout)
+	defer t.Stop()
+	select {
+	case <-u.waitCh:
+		return u.set.Load(), nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-t.C:
+		return nil, fmt.Errorf("no endpoints of %s known yet", u.dest)
+	}
+}
+
+var errNoEndpoint = errors.New("no healthy endpoint")
+
+// pick chooses an endpoint: the first cluster (in failover order) with an
+// endpoint that is not ejected, then round robin or least request within
+// it. avoid is skipped when possible.
+func (u *upstream) pick(set *endpointSet, avoid *endpoint) (*endpoint, error) {
+	now := time.Now().UnixNano()
+	for pass := 0; pass < 2; pass++ {
+		for _, g := range set.groups {
+			cands := make([]*endpoint, 0, len(g))
+			for _, e := range g {
+				if e == avoid {
+					continue
+				}
+				if pass == 0 && e.ejectedUntil.Load() > now {
+					continue
+				}
+				cands = append(cands, e)
+			}
+			if len(cands) == 0 {
+				continue
+			}
+			return u.choose(cands), nil
+		}
+	}
+	if avoid != nil {
+		return avoid, nil
+	}
+	return nil, fmt.Errorf("%w of %s", errNoEndpoint, u.dest)
+}
+
+func (u *upstream) choose(c []*endpoint) *endpoint {
+	if len(c) == 1 {
+		return c[0]
+	}
+	switch meshfedv1.LoadBalancer(u.lb.Load()) {
+	case meshfedv1.LoadBalancer_LOAD_BALANCER_LEAST_REQUEST:
+		// The better of two random choices: near least-request without
+		// herding on one endpoint.
+		a, b := c[rand.IntN(len(c))], c[rand.IntN(len(c))]
+		if b.inflight.Load() < a.inflight.Load() {
+			return b
+		}
+		return a
+	case meshfedv1.LoadBalancer_LOAD_BALANCER_RANDOM:
+		return c[rand.IntN(len(c))]
+	}
+	return c[u.rr.Add(1)%uint64(len(c))]
+}
+
+// dialTLS connects to an endpoint and checks that it presents the identity
+// it was resolved with (or, for an address no longer resolved, one of the
+// upstream's identities).
+func (u *upstream) dialTLS(ctx context.Context, addr string, h2 bool) (net.Conn, error) {
+	set := u.set.Load()
+	var auth tlsconfig.Authorizer
+	if ep := set.byAddr[addr]; ep != nil {
+		auth = tlsconfig.AuthorizeID(ep.id)
+	} else {
+		ids := set.ids
+		auth = func(id spiffeid.ID, _ [][]*x509.Certificate) error {
+			if _, ok := ids[id]; ok {
+				return nil
+			}
+			return fmt.Errorf("%s is not an identity of %s", id, u.dest)
+		}
+	}
+	cfg := tlsconfig.MTLSClientConfig(u.p.id, u.p.id, auth)
+	cfg.MinVersion = tls.VersionTLS13
+	if h2 {
+		cfg.NextProtos = []string{"h2"}
+	} else {
+		cfg.NextProtos = []string{"http/1.1"}
+	}
+	d := net.Dialer{Timeout: connectTimeout, KeepAlive: 30 * time.Second}
+	raw, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, &connectError{err}
+	}
+	tc := tls.Client(raw, cfg)
+	hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
+	defer cancel()
+	if err := tc.HandshakeContext(hctx); err != nil {
+		u.p.m.handshakeFail.WithLabelValues("outbound").Inc()
+		raw.Close()
+		return nil, &connectError{fmt.Errorf("TLS handshake with %s: %w", addr, err)}
+	}
+	return tc, nil
+}
+
+// connectError marks a failure to connect: safe to retry elsewhere.
+type connectError struct{ err error }
+
+func (e *connectError) Error() string { return e.err.Error() }
+func (e *connectError) Unwrap() error { return e.err }
+
+// ServeHTTP forwards one of the app's requests.
+func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	// Keep small bodies so the request can be retried on another endpoint.
+	if r.Body != nil && r.Body != http.NoBody && r.ContentLength > 0 && r.ContentLength <= maxReplayBody {
+		buf := make([]byte, r.ContentLength)
+		if _, err := io.ReadFull(r.Body, buf); err != nil {
+			http.Error(w, "reading the request body: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		r.Body = io.NopCloser(bytes.NewReader(buf))
+		r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(buf)), nil }
+	} else if r.ContentLength == 0 {
+		r.GetBody = func() (io.ReadCloser, error) { return http.NoBody, nil }
+	}
+	sw := &statusWriter{ResponseWriter: w}
+	var ep *endpoint
+	ctx := context.WithValue(r.Context(), pickedKey{}, &ep)
+	if d := time.Duration(u.requestTimeout.Load()); d > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, d)
+		defer cancel()
+	}
+	u.rp.ServeHTTP(sw, r.WithContext(ctx))
+	dur := time.Since(start)
+	u.p.m.observe("outbound", u.p.self.String(), u.dest, sw.code(), dur)
+	if u.p.accessLogs() {
+		e := &accessEntry{Direction: "outbound", Protocol: "http", Source: u.p.self.String(), Dest: u.dest,
+			Method: r.Method, Path: r.URL.EscapedPath(), Code: sw.code(), Duration: ms(dur)}
+		if isGRPC(r) {
+			e.Protocol = "grpc"
+		}
+		if ep != nil {
+			e.Upstream = ep.addr
+		}
+		u.p.acc.write(e, start)
+	}
+}
+
+type pickedKey struct{}
+
+// roundTrip sends one request to an endpoint, and once more to another
+// endpoint when the first could not be reached or the connection failed
+// before a response (if the body can be sent again).
+func (u *upstream) roundTrip(r *http.Request) (*http.Response, error) {
+	set, err := u.current(r.Context())
+	if err != nil {
+		return nil, err
+	}
+	grpc := set.protocol == meshfedv1.Protocol_PROTOCOL_GRPC || isGRPC(r)
+	tr := u.h1
+	if grpc {
+		tr = u.h2
+	}
+	var last *endpoint
+	for attempt := 0; attempt < 3; attempt++ {
+		ep, err := u.pick(set, last)
+		if err != nil {
+			return nil, err
+		}
+		if p, ok := r.Context().Value(pickedKey{}).(**endpoint); ok {
+			*p = ep
+		}
+		req := r
+		if attempt > 0 {
+			if r.GetBody == nil {
+				return nil, err
+			}
+			body, gerr := r.GetBody()
+			if gerr != nil {
+				return nil, gerr
+			}
+			req = r.Clone(r.Context())
+			req.Body = body
+		}
+		req.URL.Host = ep.addr
+		ep.inflight.Add(1)
+		resp, rerr := tr.RoundTrip(req)
+		ep.inflight.Add(-1)
+		if rerr == nil {
+			return resp, nil
+		}
+		err = rerr
+		var ce *connectError
+		if errors.As(rerr, &ce) {
+			ep.ejectedUntil.Store(time.Now().Add(ejectFor).UnixNano())
+			u.p.m.upstreamErr.WithLabelValues(u.cfg.key()).Inc()
+		}
+		if r.Context().Err() != nil || r.GetBody == nil {
+			return nil, rerr
+		}
+		u.p.log.Debug("retrying on another endpoint", "upstream", u.dest, "endpoint", ep.addr, "err", rerr)
+		last = ep
+		set = u.set.Load()
+	}
+	return nil, err
+}
+
+func (u *upstream) proxyError(w http.ResponseWriter, r *http.Request, err error) {
+	u.p.log.Warn("upstream request failed", "upstream", u.dest, "err", err)
+	if isGRPC(r) {
+		writeGRPCStatus(w, 14, "upstream "+u.dest+": "+err.Error()) // UNAVAILABLE
+		return
+	}
+	code := http.StatusBadGateway
+	switch {
+	case errors.Is(err, errNoEndpoint):
+		code = http.StatusServiceUnavailable
+	case errors.Is(err, context.DeadlineExceeded):
+		code = http.StatusGatewayTimeout
+	}
+	http.Error(w, "upstream "+u.dest+": "+err.Error(), code)
+}
+
+// serve accepts the app's connections. The upstream's protocol decides how
+// they are handled; until the first resolution is known, the connection
+// waits for it (at most the connect timeout).
+func (u *upstream) serve() {
+	var httpLn *chanListener
+	for {
+		c, err := u.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				if httpLn != nil {
+					httpLn.Close()
+				}
+				return
+			}
+			continue
+		}
+		u.p.m.connections.WithLabelValues("outbound").Inc()
+		set, err := u.current(context.Background())
+		if err != nil {
+			u.p.log.Warn("refusing a connection", "upstream", u.dest, "err", err)
+			c.Close()
+			continue
+		}
+		if set.protocol == meshfedv1.Protocol_PROTOCOL_TCP {
+			go u.serveTCP(c)
+			continue
+		}
+		if httpLn == nil {
+			httpLn = newChanListener(u.ln.Addr())
+			l := httpLn
+			u.p.goFn(func() { _ = u.srv.Serve(l) })
+		}
+		go func() {
+			if !httpLn.push(c) {
+				c.Close()
+			}
+		}()
+	}
+}
+
+// serveTCP connects the app's connection to an endpoint over mTLS,
+// trying other endpoints when one cannot be reached.
+func (u *upstream) serveTCP(c net.Conn) {
+	start := time.Now()
+	u.mu.Lock()
+	if u.closing {
+		u.mu.Unlock()
+		c.Close()
+		return
+	}
+	u.tcp[c] = struct{}{}
+	u.tcpWG.Add(1)
+	u.mu.Unlock()
+	defer func() {
+		u.mu.Lock()
+		delete(u.tcp, c)
+		u.mu.Unlock()
+		u.tcpWG.Done()
+	}()
+	var last *endpoint
+	var conn net.Conn
+	var err error
+	for attempt := 0; attempt < 3; attempt++ {
+		var ep *endpoint
+		ep, err = u.pick(u.set.Load(), last)
+		if err != nil {
+			break
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), connectTimeout)
+		conn, err = u.dialTLS(ctx, ep.addr, false)
+		cancel()
+		if err == nil {
+			last = ep
+			break
+		}
+		ep.ejectedUntil.Store(time.Now().Add(ejectFor).UnixNano())
+		u.p.m.upstreamErr.WithLabelValues(u.cfg.key()).Inc()
+		last = ep
+	}
+	if err != nil {
+		u.p.log.Warn("upstream connection failed", "upstream", u.dest, "err", err)
+		c.Close()
+		u.p.m.observe("outbound", u.p.self.String(), u.dest, 0, time.Since(start))
+		return
+	}
+	last.inflight.Add(1)
+	pipe(c, conn)
+	last.inflight.Add(-1)
+	dur := time.Since(start)
+	u.p.m.observe("outbound", u.p.self.String(), u.dest, 0, dur)
+	if u.p.accessLogs() {
+		u.p.acc.write(&accessEntry{Direction: "outbound", Protocol: "tcp", Source: u.p.self.String(), Dest: u.dest,
+			Duration: ms(dur), Upstream: last.addr}, start)
+	}
+}
+
+// shutdown stops accepting and waits for in-flight requests and
+// connections until ctx ends.
+func (u *upstream) shutdown(ctx context.Context) {
+	u.ln.Close()
+	if err := u.srv.Shutdown(ctx); err != nil {
+		u.srv.Close()
+	}
+	u.mu.Lock()
+	u.closing = true
+	u.mu.Unlock()
+	done := make(chan struct{})
+	go func() { u.tcpWG.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		u.mu.Lock()
+		for c := range u.tcp {
+			c.Close()
+		}
+		u.mu.Unlock()
+		<-done
+	}
+	u.h1.CloseIdleConnections()
+	u.h2.CloseIdleConnections()
+}

@@ -1,0 +1,175 @@
+package proxy
+
+import (
+	"context"
+	"strings"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	meshfedv1 "github.com/meshfed/meshfed/api/meshfed/v1"
+	"github.com/meshfed/meshfed/proxy/authz"
+)
+
+// namespaceOf returns the namespace of a workload identity
+// (spiffe://td/ns/NS/sa/SA).
+func namespaceOf(id spiffeid.ID) (string, bool) {
+	seg := strings.Split(strings.TrimPrefix(id.Path(), "/"), "/")
+	if len(seg) != 4 || seg[0] != "ns" || seg[2] != "sa" {
+		return "", false
+	}
+	return seg[1], true
+}
+
+// serviceIdentity is the SPIFFE ID workloads of svc run as.
+func serviceIdentity(td spiffeid.TrustDomain, svc *meshfedv1.Service) spiffeid.ID {
+	sa := svc.GetServiceAccount()
+	if sa == "" {
+		sa = svc.GetMeta().GetName()
+	}
+	id, _ := spiffeid.FromSegments(td, "ns", svc.GetMeta().GetNamespace(), "sa", sa)
+	return id
+}
+
+// watchSettings follows the mesh settings.
+func (p *Proxy) watchSettings(ctx context.Context) error {
+	st, err := p.control().mesh.WatchMeshSettings(ctx, &meshfedv1.WatchMeshSettingsRequest{})
+	if err != nil {
+		return err
+	}
+	for {
+		ev, err := st.Recv()
+		if err != nil {
+			return err
+		}
+		switch ev.GetType() {
+		case meshfedv1.WatchEventType_WATCH_EVENT_TYPE_UPSERT:
+			p.settings.Store(ev.GetSettings())
+		case meshfedv1.WatchEventType_WATCH_EVENT_TYPE_DELETE:
+			p.settings.Store(&meshfedv1.MeshSettings{})
+		case meshfedv1.WatchEventType_WATCH_EVENT_TYPE_END_OF_SNAPSHOT:
+		default:
+			continue
+		}
+		if p.settings.Load() == nil {
+			p.settings.Store(&meshfedv1.MeshSettings{})
+		}
+		p.settingsSynced.Store(true)
+		p.rebuildEngine(nil)
+		p.applyTraffic()
+	}
+}
+
+// watchPolicies follows the authorization policies of the proxy's
+// namespace and recompiles the engine after every change (after the whole
+// initial snapshot at once).
+func (p *Proxy) watchPolicies(ctx context.Context) error {
+	st, err := p.control().policy.WatchAuthorizationPolicies(ctx, &meshfedv1.WatchRequest{Namespace: p.cfg.Namespace})
+	if err != nil {
+		return err
+	}
+	policies := map[string]*meshfedv1.AuthorizationPolicy{}
+	synced := false
+	for {
+		ev, err := st.Recv()
+		if err != nil {
+			return err
+		}
+		switch ev.GetType() {
+		case meshfedv1.WatchEventType_WATCH_EVENT_TYPE_UPSERT:
+			policies[ev.GetPolicy().GetMeta().GetName()] = ev.GetPolicy()
+		case meshfedv1.WatchEventType_WATCH_EVENT_TYPE_DELETE:
+			delete(policies, ev.GetPolicy().GetMeta().GetName())
+		case meshfedv1.WatchEventType_WATCH_EVENT_TYPE_END_OF_SNAPSHOT:
+			synced = true
+		}
+		if !synced {
+			continue
+		}
+		list := make([]*meshfedv1.AuthorizationPolicy, 0, len(policies))
+		for _, pol := range policies {
+			list = append(list, pol)
+		}
+		p.rebuildEngine(list)
+		p.policiesSynced.Store(true)
+	}
+}
+
+// rebuildEngine compiles a new authorization engine from the current
+// settings and, when list is not nil, a new policy list.
+func (p *Proxy) rebuildEngine(list []*meshfedv1.AuthorizationPolicy) {
+	p.engineMu.Lock()
+	defer p.engineMu.Unlock()
+	if list != nil {
+		p.policies = list
+	}
+	def := p.settings.Load().GetDefaultAuthorizationAction()
+	p.engine.Store(authz.Compile(authz.Destination{Namespace: p.cfg.Namespace, Service: p.cfg.Service}, def, p.policies))
+	signal(p.policyChanged)
+}
+
+// permissive reports whether the inbound listener also accepts plain text.
+func (p *Proxy) permissive() bool {
+	return p.settings.Load().GetMtlsMode() == meshfedv1.MTLSMode_MTLS_MODE_PERMISSIVE
+}
+
+// accessLogs reports whether every request is logged.
+func (p *Proxy) accessLogs() bool {
+	return p.cfg.AccessLogs || p.settings.Load().GetAccessLogs()
+}
+
+// watchTraffic follows the traffic policies of the upstreams' namespaces
+// and applies each upstream's load balancer and request timeout (the
+// destination's policy, else the mesh settings' default policy).
+func (p *Proxy) watchTraffic(ctx context.Context, namespace string) error {
+	st, err := p.control().policy.WatchTrafficPolicies(ctx, &meshfedv1.WatchRequest{Namespace: namespace})
+	if err != nil {
+		return err
+	}
+	policies := map[string]*meshfedv1.TrafficPolicy{}
+	synced := false
+	for {
+		ev, err := st.Recv()
+		if err != nil {
+			return err
+		}
+		switch ev.GetType() {
+		case meshfedv1.WatchEventType_WATCH_EVENT_TYPE_UPSERT:
+			policies[ev.GetPolicy().GetMeta().GetName()] = ev.GetPolicy()
+		case meshfedv1.WatchEventType_WATCH_EVENT_TYPE_DELETE:
+			delete(policies, ev.GetPolicy().GetMeta().GetName())
+		case meshfedv1.WatchEventType_WATCH_EVENT_TYPE_END_OF_SNAPSHOT:
+			synced = true
+		}
+		if !synced {
+			continue
+		}
+		byDest := map[string]*meshfedv1.TrafficPolicy{}
+		for _, tp := range policies {
+			byDest[tp.GetDestination()] = tp
+		}
+		p.trafficMu.Lock()
+		p.traffic[namespace] = byDest
+		p.trafficMu.Unlock()
+		p.applyTraffic()
+	}
+}
+
+// applyTraffic gives every upstream its current traffic policy.
+func (p *Proxy) applyTraffic() {
+	def := p.settings.Load().GetDefaultTrafficPolicy()
+	p.trafficMu.Lock()
+	defer p.trafficMu.Unlock()
+	for _, u := range p.upstreams {
+		tp := p.traffic[u.cfg.Namespace][u.cfg.Service]
+		lb := tp.GetLoadBalancer()
+		if lb == meshfedv1.LoadBalancer_LOAD_BALANCER_UNSPECIFIED {
+			lb = def.GetLoadBalancer()
+		}
+		u.lb.Store(int32(lb))
+		timeout := tp.GetTimeouts().GetRequest().AsDuration()
+		if timeout <= 0 {
+			timeout = def.GetTimeouts().GetRequest().AsDuration()
+		}
+		u.requestTimeout.Store(int64(timeout))
+	}
+}
