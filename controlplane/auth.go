@@ -68,6 +68,7 @@ var workloadReads = map[string]bool{
 	"meshfed.v1.CatalogService/GetService":                true,
 	"meshfed.v1.CatalogService/Resolve":                   true,
 	"meshfed.v1.CatalogService/WatchResolve":              true,
+	"meshfed.v1.CatalogService/WatchResolveMany":          true,
 	"meshfed.v1.PolicyService/ListAuthorizationPolicies":  true,
 	"meshfed.v1.PolicyService/WatchAuthorizationPolicies": true,
 	"meshfed.v1.PolicyService/ListTrafficPolicies":        true,

@@ -123,4 +123,8 @@ func grpcMessageEncode(s string) string {
 	return b.String()
 }
 
-func discardLogger() *log.Logger { return log.New(io.Discard, "", 0) }
+// quietLog receives net/http's own error logging, which the proxy reports
+// through its metrics and logs instead.
+var quietLog = log.New(io.Discard, "", 0)
+
+func discardLogger() *log.Logger { return quietLog }

@@ -77,11 +77,9 @@ type upstream struct {
 	started        sync.Once
 
 	// HTTP and gRPC: a server for the app's requests and transports to the
-	// endpoints (HTTP/1.1 for http, HTTP/2 for grpc, both over mTLS).
-	srv *http.Server
-	rp  *httputil.ReverseProxy
-	h1  *http.Transport
-	h2  *http.Transport
+	// endpoints (HTTP/1.1 for http, HTTP/2 for grpc, both over mTLS); nil
+	// until the app's first HTTP connection.
+	http atomic.Pointer[httpSide]
 
 	mu      sync.Mutex
 	tcp     map[net.Conn]struct{}
@@ -90,10 +88,22 @@ type upstream struct {
 }
 
 func newUpstream(p *Proxy, cfg Upstream) *upstream {
-	u := &upstream{p: p, cfg: cfg, dest: cfg.Namespace + "/" + cfg.Service, waitCh: make(chan struct{}), tcp: map[net.Conn]struct{}{}}
-	u.h1 = u.transport(false)
-	u.h2 = u.transport(true)
-	u.rp = &httputil.ReverseProxy{
+	return &upstream{p: p, cfg: cfg, dest: cfg.Namespace + "/" + cfg.Service, waitCh: make(chan struct{}), tcp: map[net.Conn]struct{}{}}
+}
+
+// httpSide is what an upstream needs for HTTP and gRPC, made when the app
+// opens its first such connection: a proxy with a thousand upstreams that
+// it rarely calls holds little for each.
+type httpSide struct {
+	srv *http.Server
+	rp  *httputil.ReverseProxy
+	h1  *http.Transport
+	h2  *http.Transport
+}
+
+func (u *upstream) newHTTPSide() *httpSide {
+	hs := &httpSide{h1: u.transport(false), h2: u.transport(true)}
+	hs.rp = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			// The endpoint is chosen per attempt by roundTrip.
 			pr.Out.URL.Scheme = "https"
@@ -107,8 +117,13 @@ func newUpstream(p *Proxy, cfg Upstream) *upstream {
 	protos := new(http.Protocols)
 	protos.SetHTTP1(true)
 	protos.SetUnencryptedHTTP2(true)
-	u.srv = &http.Server{Handler: u, Protocols: protos, ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 5 * time.Minute, ErrorLog: discardLogger()}
-	return u
+	hs.srv = &http.Server{Handler: u, Protocols: protos, ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 5 * time.Minute, ErrorLog: discardLogger()}
+	return hs
+}
+
+func (hs *httpSide) closeIdle() {
+	hs.h1.CloseIdleConnections()
+	hs.h2.CloseIdleConnections()
 }
 
 type roundTripperFunc func(*http.Request) (*http.Response, error)
@@ -213,8 +228,9 @@ func (u *upstream) update(resp *meshfedv1.ResolveResponse) {
 	if old != nil {
 		for addr := range old.byAddr {
 			if _, ok := set.byAddr[addr]; !ok {
-				u.h1.CloseIdleConnections()
-				u.h2.CloseIdleConnections()
+				if hs := u.http.Load(); hs != nil {
+					hs.closeIdle()
+				}
 				break
 			}
 		}
@@ -357,7 +373,7 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel = context.WithTimeout(ctx, d)
 		defer cancel()
 	}
-	u.rp.ServeHTTP(sw, r.WithContext(ctx))
+	u.http.Load().rp.ServeHTTP(sw, r.WithContext(ctx))
 	dur := time.Since(start)
 	u.p.m.observe("outbound", u.p.self.String(), u.dest, sw.code(), dur)
 	if u.p.accessLogs() {
@@ -384,9 +400,10 @@ func (u *upstream) roundTrip(r *http.Request) (*http.Response, error) {
 		return nil, err
 	}
 	grpc := set.protocol == meshfedv1.Protocol_PROTOCOL_GRPC || isGRPC(r)
-	tr := u.h1
+	hs := u.http.Load()
+	tr := hs.h1
 	if grpc {
-		tr = u.h2
+		tr = hs.h2
 	}
 	var last *endpoint
 	for attempt := 0; attempt < 3; attempt++ {
@@ -476,9 +493,18 @@ func (u *upstream) serve() {
 			continue
 		}
 		if httpLn == nil {
+			u.mu.Lock()
+			if u.closing {
+				u.mu.Unlock()
+				c.Close()
+				continue
+			}
+			hs := u.newHTTPSide()
+			u.http.Store(hs)
+			u.mu.Unlock()
 			httpLn = newChanListener(u.ln.Addr())
 			l := httpLn
-			u.p.goFn(func() { _ = u.srv.Serve(l) })
+			u.p.goFn(func() { _ = hs.srv.Serve(l) })
 		}
 		go func() {
 			if !httpLn.push(c) {
@@ -548,12 +574,15 @@ func (u *upstream) serveTCP(c net.Conn) {
 // connections until ctx ends.
 func (u *upstream) shutdown(ctx context.Context) {
 	u.ln.Close()
-	if err := u.srv.Shutdown(ctx); err != nil {
-		u.srv.Close()
-	}
 	u.mu.Lock()
 	u.closing = true
+	hs := u.http.Load()
 	u.mu.Unlock()
+	if hs != nil {
+		if err := hs.srv.Shutdown(ctx); err != nil {
+			hs.srv.Close()
+		}
+	}
 	done := make(chan struct{})
 	go func() { u.tcpWG.Wait(); close(done) }()
 	select {
@@ -566,6 +595,7 @@ func (u *upstream) shutdown(ctx context.Context) {
 		u.mu.Unlock()
 		<-done
 	}
-	u.h1.CloseIdleConnections()
-	u.h2.CloseIdleConnections()
+	if hs != nil {
+		hs.closeIdle()
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -236,14 +237,17 @@ func (p *Proxy) Run(ctx context.Context) error {
 				p.retryLoop(runCtx, "traffic policies "+ns, func(ctx context.Context) error { return p.watchTraffic(ctx, ns) })
 			})
 		}
-		p.goFn(func() { p.retryLoop(runCtx, "resolve "+u.cfg.key(), u.watch) })
 		p.goFn(func() { u.serve() })
+	}
+	if len(p.upstreams) > 0 {
+		p.goFn(func() { p.retryLoop(runCtx, "resolve upstreams", p.watchUpstreams) })
 	}
 	p.goFn(func() { in.serve() })
 	p.goFn(func() { p.checkHealth(runCtx) })
 	p.goFn(func() { p.register(runCtx) })
 	p.goFn(func() { p.recheckConnections(runCtx) })
 
+	p.goFn(func() { p.settle(runCtx) })
 	p.log.Info("proxy started", "listen", in.ln.Addr().String(), "admin", p.cfg.Admin, "upstreams", len(p.upstreams),
 		"service", p.cfg.Service, "protocol", svc.GetProtocol().String())
 	<-ctx.Done()
@@ -407,4 +411,24 @@ func defaultInstance(service, host string, port int) string {
 		return service + suffix
 	}
 	return service + "-" + h + suffix
+}
+
+// settle returns the memory used while loading the initial configuration
+// (thousands of decoded resolutions and policies for a proxy with many
+// upstreams) to the operating system once the proxy is ready: an idle
+// sidecar should cost what it holds, not what it once decoded.
+func (p *Proxy) settle(ctx context.Context) {
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if ok, _ := p.Ready(); ok {
+			debug.FreeOSMemory()
+			return
+		}
+	}
 }

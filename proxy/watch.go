@@ -5,6 +5,8 @@ import (
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	meshfedv1 "github.com/meshfed/meshfed/api/meshfed/v1"
 	"github.com/meshfed/meshfed/proxy/authz"
@@ -171,5 +173,40 @@ func (p *Proxy) applyTraffic() {
 			timeout = def.GetTimeouts().GetRequest().AsDuration()
 		}
 		u.requestTimeout.Store(int64(timeout))
+	}
+}
+
+// watchUpstreams follows every upstream's resolution on one stream. A
+// server without WatchResolveMany answers Unimplemented; the proxy then
+// follows each upstream on its own WatchResolve stream.
+func (p *Proxy) watchUpstreams(ctx context.Context) error {
+	req := &meshfedv1.WatchResolveManyRequest{Locality: p.cfg.Locality}
+	byKey := make(map[string]*upstream, len(p.upstreams))
+	for _, u := range p.upstreams {
+		req.Services = append(req.Services, &meshfedv1.ServiceRef{Namespace: u.cfg.Namespace, Name: u.cfg.Service})
+		byKey[u.cfg.key()] = u
+	}
+	st, err := p.control().catalog.WatchResolveMany(ctx, req)
+	if err != nil {
+		return err
+	}
+	for {
+		resp, err := st.Recv()
+		if status.Code(err) == codes.Unimplemented {
+			p.log.Info("the control plane has no WatchResolveMany; following each upstream on its own stream")
+			for _, u := range p.upstreams {
+				p.goFn(func() { p.retryLoop(ctx, "resolve "+u.cfg.key(), u.watch) })
+			}
+			<-ctx.Done()
+			return ctx.Err()
+		}
+		if err != nil {
+			return err
+		}
+		for _, r := range resp.GetResolutions() {
+			if u := byKey[r.GetNamespace()+"/"+r.GetName()]; u != nil {
+				u.update(r.GetResolution())
+			}
+		}
 	}
 }

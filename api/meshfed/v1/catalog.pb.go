@@ -1120,6 +1120,233 @@ func (x *ResolveResponse) GetIndex() uint64 {
 	return 0
 }
 
+// ServiceRef names a service.
+type ServiceRef struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ServiceRef) Reset() {
+	*x = ServiceRef{}
+	mi := &file_meshfed_v1_catalog_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServiceRef) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServiceRef) ProtoMessage() {}
+
+func (x *ServiceRef) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_v1_catalog_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServiceRef.ProtoReflect.Descriptor instead.
+func (*ServiceRef) Descriptor() ([]byte, []int) {
+	return file_meshfed_v1_catalog_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ServiceRef) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *ServiceRef) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type WatchResolveManyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Services to follow (1-10000; duplicates are ignored). An empty
+	// namespace means "default".
+	Services []*ServiceRef `protobuf:"bytes,1,rep,name=services,proto3" json:"services,omitempty"`
+	// Locality of the caller, used to order clusters and endpoints.
+	Locality *Locality `protobuf:"bytes,2,opt,name=locality,proto3" json:"locality,omitempty"`
+	// Include unhealthy endpoints.
+	IncludeUnhealthy bool `protobuf:"varint,3,opt,name=include_unhealthy,json=includeUnhealthy,proto3" json:"include_unhealthy,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *WatchResolveManyRequest) Reset() {
+	*x = WatchResolveManyRequest{}
+	mi := &file_meshfed_v1_catalog_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchResolveManyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchResolveManyRequest) ProtoMessage() {}
+
+func (x *WatchResolveManyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_v1_catalog_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchResolveManyRequest.ProtoReflect.Descriptor instead.
+func (*WatchResolveManyRequest) Descriptor() ([]byte, []int) {
+	return file_meshfed_v1_catalog_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *WatchResolveManyRequest) GetServices() []*ServiceRef {
+	if x != nil {
+		return x.Services
+	}
+	return nil
+}
+
+func (x *WatchResolveManyRequest) GetLocality() *Locality {
+	if x != nil {
+		return x.Locality
+	}
+	return nil
+}
+
+func (x *WatchResolveManyRequest) GetIncludeUnhealthy() bool {
+	if x != nil {
+		return x.IncludeUnhealthy
+	}
+	return false
+}
+
+// ResolvedService is the resolution of one service of a
+// WatchResolveManyRequest.
+type ResolvedService struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name      string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// As Resolve answers; without service when it is not (yet) known.
+	Resolution    *ResolveResponse `protobuf:"bytes,3,opt,name=resolution,proto3" json:"resolution,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResolvedService) Reset() {
+	*x = ResolvedService{}
+	mi := &file_meshfed_v1_catalog_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResolvedService) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResolvedService) ProtoMessage() {}
+
+func (x *ResolvedService) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_v1_catalog_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResolvedService.ProtoReflect.Descriptor instead.
+func (*ResolvedService) Descriptor() ([]byte, []int) {
+	return file_meshfed_v1_catalog_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *ResolvedService) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *ResolvedService) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ResolvedService) GetResolution() *ResolveResponse {
+	if x != nil {
+		return x.Resolution
+	}
+	return nil
+}
+
+type WatchResolveManyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The resolutions that changed since the previous message. The first
+	// messages carry every requested service; a large set is split over
+	// several messages.
+	Resolutions   []*ResolvedService `protobuf:"bytes,1,rep,name=resolutions,proto3" json:"resolutions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchResolveManyResponse) Reset() {
+	*x = WatchResolveManyResponse{}
+	mi := &file_meshfed_v1_catalog_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchResolveManyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchResolveManyResponse) ProtoMessage() {}
+
+func (x *WatchResolveManyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_v1_catalog_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchResolveManyResponse.ProtoReflect.Descriptor instead.
+func (*WatchResolveManyResponse) Descriptor() ([]byte, []int) {
+	return file_meshfed_v1_catalog_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *WatchResolveManyResponse) GetResolutions() []*ResolvedService {
+	if x != nil {
+		return x.Resolutions
+	}
+	return nil
+}
+
 var File_meshfed_v1_catalog_proto protoreflect.FileDescriptor
 
 const file_meshfed_v1_catalog_proto_rawDesc = "" +
@@ -1193,7 +1420,23 @@ const file_meshfed_v1_catalog_proto_rawDesc = "" +
 	"\x0fResolveResponse\x12-\n" +
 	"\aservice\x18\x01 \x01(\v2\x13.meshfed.v1.ServiceR\aservice\x128\n" +
 	"\bclusters\x18\x02 \x03(\v2\x1c.meshfed.v1.ClusterEndpointsR\bclusters\x12\x14\n" +
-	"\x05index\x18\x03 \x01(\x04R\x05index*\\\n" +
+	"\x05index\x18\x03 \x01(\x04R\x05index\">\n" +
+	"\n" +
+	"ServiceRef\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"\xac\x01\n" +
+	"\x17WatchResolveManyRequest\x122\n" +
+	"\bservices\x18\x01 \x03(\v2\x16.meshfed.v1.ServiceRefR\bservices\x120\n" +
+	"\blocality\x18\x02 \x01(\v2\x14.meshfed.v1.LocalityR\blocality\x12+\n" +
+	"\x11include_unhealthy\x18\x03 \x01(\bR\x10includeUnhealthy\"\x80\x01\n" +
+	"\x0fResolvedService\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12;\n" +
+	"\n" +
+	"resolution\x18\x03 \x01(\v2\x1b.meshfed.v1.ResolveResponseR\n" +
+	"resolution\"Y\n" +
+	"\x18WatchResolveManyResponse\x12=\n" +
+	"\vresolutions\x18\x01 \x03(\v2\x1b.meshfed.v1.ResolvedServiceR\vresolutions*\\\n" +
 	"\bProtocol\x12\x18\n" +
 	"\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rPROTOCOL_HTTP\x10\x01\x12\x11\n" +
@@ -1203,7 +1446,7 @@ const file_meshfed_v1_catalog_proto_rawDesc = "" +
 	"\x19HEALTH_STATUS_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15HEALTH_STATUS_HEALTHY\x10\x01\x12\x1b\n" +
 	"\x17HEALTH_STATUS_UNHEALTHY\x10\x02\x12\x19\n" +
-	"\x15HEALTH_STATUS_UNKNOWN\x10\x032\x88\b\n" +
+	"\x15HEALTH_STATUS_UNKNOWN\x10\x032\xe9\b\n" +
 	"\x0eCatalogService\x12F\n" +
 	"\rCreateService\x12 .meshfed.v1.CreateServiceRequest\x1a\x13.meshfed.v1.Service\x129\n" +
 	"\n" +
@@ -1219,7 +1462,8 @@ const file_meshfed_v1_catalog_proto_rawDesc = "" +
 	"\x0eDeleteWorkload\x12\x19.meshfed.v1.DeleteRequest\x1a\x1a.meshfed.v1.DeleteResponse\x12P\n" +
 	"\x0eWatchWorkloads\x12\x18.meshfed.v1.WatchRequest\x1a\".meshfed.v1.WatchWorkloadsResponse0\x01\x12B\n" +
 	"\aResolve\x12\x1a.meshfed.v1.ResolveRequest\x1a\x1b.meshfed.v1.ResolveResponse\x12I\n" +
-	"\fWatchResolve\x12\x1a.meshfed.v1.ResolveRequest\x1a\x1b.meshfed.v1.ResolveResponse0\x01B5Z3github.com/meshfed/meshfed/api/meshfed/v1;meshfedv1b\x06proto3"
+	"\fWatchResolve\x12\x1a.meshfed.v1.ResolveRequest\x1a\x1b.meshfed.v1.ResolveResponse0\x01\x12_\n" +
+	"\x10WatchResolveMany\x12#.meshfed.v1.WatchResolveManyRequest\x1a$.meshfed.v1.WatchResolveManyResponse0\x01B5Z3github.com/meshfed/meshfed/api/meshfed/v1;meshfedv1b\x06proto3"
 
 var (
 	file_meshfed_v1_catalog_proto_rawDescOnce sync.Once
@@ -1234,37 +1478,41 @@ func file_meshfed_v1_catalog_proto_rawDescGZIP() []byte {
 }
 
 var file_meshfed_v1_catalog_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_meshfed_v1_catalog_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_meshfed_v1_catalog_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_meshfed_v1_catalog_proto_goTypes = []any{
-	(Protocol)(0),                  // 0: meshfed.v1.Protocol
-	(HealthStatus)(0),              // 1: meshfed.v1.HealthStatus
-	(*Service)(nil),                // 2: meshfed.v1.Service
-	(*Locality)(nil),               // 3: meshfed.v1.Locality
-	(*Workload)(nil),               // 4: meshfed.v1.Workload
-	(*Endpoint)(nil),               // 5: meshfed.v1.Endpoint
-	(*ClusterEndpoints)(nil),       // 6: meshfed.v1.ClusterEndpoints
-	(*CreateServiceRequest)(nil),   // 7: meshfed.v1.CreateServiceRequest
-	(*UpdateServiceRequest)(nil),   // 8: meshfed.v1.UpdateServiceRequest
-	(*ListServicesResponse)(nil),   // 9: meshfed.v1.ListServicesResponse
-	(*WatchServicesResponse)(nil),  // 10: meshfed.v1.WatchServicesResponse
-	(*CreateWorkloadRequest)(nil),  // 11: meshfed.v1.CreateWorkloadRequest
-	(*UpdateWorkloadRequest)(nil),  // 12: meshfed.v1.UpdateWorkloadRequest
-	(*ListWorkloadsResponse)(nil),  // 13: meshfed.v1.ListWorkloadsResponse
-	(*WatchWorkloadsResponse)(nil), // 14: meshfed.v1.WatchWorkloadsResponse
-	(*ResolveRequest)(nil),         // 15: meshfed.v1.ResolveRequest
-	(*ResolveResponse)(nil),        // 16: meshfed.v1.ResolveResponse
-	(*Meta)(nil),                   // 17: meshfed.v1.Meta
-	(WatchEventType)(0),            // 18: meshfed.v1.WatchEventType
-	(*GetRequest)(nil),             // 19: meshfed.v1.GetRequest
-	(*ListRequest)(nil),            // 20: meshfed.v1.ListRequest
-	(*DeleteRequest)(nil),          // 21: meshfed.v1.DeleteRequest
-	(*WatchRequest)(nil),           // 22: meshfed.v1.WatchRequest
-	(*DeleteResponse)(nil),         // 23: meshfed.v1.DeleteResponse
+	(Protocol)(0),                    // 0: meshfed.v1.Protocol
+	(HealthStatus)(0),                // 1: meshfed.v1.HealthStatus
+	(*Service)(nil),                  // 2: meshfed.v1.Service
+	(*Locality)(nil),                 // 3: meshfed.v1.Locality
+	(*Workload)(nil),                 // 4: meshfed.v1.Workload
+	(*Endpoint)(nil),                 // 5: meshfed.v1.Endpoint
+	(*ClusterEndpoints)(nil),         // 6: meshfed.v1.ClusterEndpoints
+	(*CreateServiceRequest)(nil),     // 7: meshfed.v1.CreateServiceRequest
+	(*UpdateServiceRequest)(nil),     // 8: meshfed.v1.UpdateServiceRequest
+	(*ListServicesResponse)(nil),     // 9: meshfed.v1.ListServicesResponse
+	(*WatchServicesResponse)(nil),    // 10: meshfed.v1.WatchServicesResponse
+	(*CreateWorkloadRequest)(nil),    // 11: meshfed.v1.CreateWorkloadRequest
+	(*UpdateWorkloadRequest)(nil),    // 12: meshfed.v1.UpdateWorkloadRequest
+	(*ListWorkloadsResponse)(nil),    // 13: meshfed.v1.ListWorkloadsResponse
+	(*WatchWorkloadsResponse)(nil),   // 14: meshfed.v1.WatchWorkloadsResponse
+	(*ResolveRequest)(nil),           // 15: meshfed.v1.ResolveRequest
+	(*ResolveResponse)(nil),          // 16: meshfed.v1.ResolveResponse
+	(*ServiceRef)(nil),               // 17: meshfed.v1.ServiceRef
+	(*WatchResolveManyRequest)(nil),  // 18: meshfed.v1.WatchResolveManyRequest
+	(*ResolvedService)(nil),          // 19: meshfed.v1.ResolvedService
+	(*WatchResolveManyResponse)(nil), // 20: meshfed.v1.WatchResolveManyResponse
+	(*Meta)(nil),                     // 21: meshfed.v1.Meta
+	(WatchEventType)(0),              // 22: meshfed.v1.WatchEventType
+	(*GetRequest)(nil),               // 23: meshfed.v1.GetRequest
+	(*ListRequest)(nil),              // 24: meshfed.v1.ListRequest
+	(*DeleteRequest)(nil),            // 25: meshfed.v1.DeleteRequest
+	(*WatchRequest)(nil),             // 26: meshfed.v1.WatchRequest
+	(*DeleteResponse)(nil),           // 27: meshfed.v1.DeleteResponse
 }
 var file_meshfed_v1_catalog_proto_depIdxs = []int32{
-	17, // 0: meshfed.v1.Service.meta:type_name -> meshfed.v1.Meta
+	21, // 0: meshfed.v1.Service.meta:type_name -> meshfed.v1.Meta
 	0,  // 1: meshfed.v1.Service.protocol:type_name -> meshfed.v1.Protocol
-	17, // 2: meshfed.v1.Workload.meta:type_name -> meshfed.v1.Meta
+	21, // 2: meshfed.v1.Workload.meta:type_name -> meshfed.v1.Meta
 	3,  // 3: meshfed.v1.Workload.locality:type_name -> meshfed.v1.Locality
 	1,  // 4: meshfed.v1.Workload.health:type_name -> meshfed.v1.HealthStatus
 	3,  // 5: meshfed.v1.Endpoint.locality:type_name -> meshfed.v1.Locality
@@ -1273,49 +1521,55 @@ var file_meshfed_v1_catalog_proto_depIdxs = []int32{
 	2,  // 8: meshfed.v1.CreateServiceRequest.service:type_name -> meshfed.v1.Service
 	2,  // 9: meshfed.v1.UpdateServiceRequest.service:type_name -> meshfed.v1.Service
 	2,  // 10: meshfed.v1.ListServicesResponse.services:type_name -> meshfed.v1.Service
-	18, // 11: meshfed.v1.WatchServicesResponse.type:type_name -> meshfed.v1.WatchEventType
+	22, // 11: meshfed.v1.WatchServicesResponse.type:type_name -> meshfed.v1.WatchEventType
 	2,  // 12: meshfed.v1.WatchServicesResponse.service:type_name -> meshfed.v1.Service
 	4,  // 13: meshfed.v1.CreateWorkloadRequest.workload:type_name -> meshfed.v1.Workload
 	4,  // 14: meshfed.v1.UpdateWorkloadRequest.workload:type_name -> meshfed.v1.Workload
 	4,  // 15: meshfed.v1.ListWorkloadsResponse.workloads:type_name -> meshfed.v1.Workload
-	18, // 16: meshfed.v1.WatchWorkloadsResponse.type:type_name -> meshfed.v1.WatchEventType
+	22, // 16: meshfed.v1.WatchWorkloadsResponse.type:type_name -> meshfed.v1.WatchEventType
 	4,  // 17: meshfed.v1.WatchWorkloadsResponse.workload:type_name -> meshfed.v1.Workload
 	3,  // 18: meshfed.v1.ResolveRequest.locality:type_name -> meshfed.v1.Locality
 	2,  // 19: meshfed.v1.ResolveResponse.service:type_name -> meshfed.v1.Service
 	6,  // 20: meshfed.v1.ResolveResponse.clusters:type_name -> meshfed.v1.ClusterEndpoints
-	7,  // 21: meshfed.v1.CatalogService.CreateService:input_type -> meshfed.v1.CreateServiceRequest
-	19, // 22: meshfed.v1.CatalogService.GetService:input_type -> meshfed.v1.GetRequest
-	20, // 23: meshfed.v1.CatalogService.ListServices:input_type -> meshfed.v1.ListRequest
-	8,  // 24: meshfed.v1.CatalogService.UpdateService:input_type -> meshfed.v1.UpdateServiceRequest
-	21, // 25: meshfed.v1.CatalogService.DeleteService:input_type -> meshfed.v1.DeleteRequest
-	22, // 26: meshfed.v1.CatalogService.WatchServices:input_type -> meshfed.v1.WatchRequest
-	11, // 27: meshfed.v1.CatalogService.CreateWorkload:input_type -> meshfed.v1.CreateWorkloadRequest
-	19, // 28: meshfed.v1.CatalogService.GetWorkload:input_type -> meshfed.v1.GetRequest
-	20, // 29: meshfed.v1.CatalogService.ListWorkloads:input_type -> meshfed.v1.ListRequest
-	12, // 30: meshfed.v1.CatalogService.UpdateWorkload:input_type -> meshfed.v1.UpdateWorkloadRequest
-	21, // 31: meshfed.v1.CatalogService.DeleteWorkload:input_type -> meshfed.v1.DeleteRequest
-	22, // 32: meshfed.v1.CatalogService.WatchWorkloads:input_type -> meshfed.v1.WatchRequest
-	15, // 33: meshfed.v1.CatalogService.Resolve:input_type -> meshfed.v1.ResolveRequest
-	15, // 34: meshfed.v1.CatalogService.WatchResolve:input_type -> meshfed.v1.ResolveRequest
-	2,  // 35: meshfed.v1.CatalogService.CreateService:output_type -> meshfed.v1.Service
-	2,  // 36: meshfed.v1.CatalogService.GetService:output_type -> meshfed.v1.Service
-	9,  // 37: meshfed.v1.CatalogService.ListServices:output_type -> meshfed.v1.ListServicesResponse
-	2,  // 38: meshfed.v1.CatalogService.UpdateService:output_type -> meshfed.v1.Service
-	23, // 39: meshfed.v1.CatalogService.DeleteService:output_type -> meshfed.v1.DeleteResponse
-	10, // 40: meshfed.v1.CatalogService.WatchServices:output_type -> meshfed.v1.WatchServicesResponse
-	4,  // 41: meshfed.v1.CatalogService.CreateWorkload:output_type -> meshfed.v1.Workload
-	4,  // 42: meshfed.v1.CatalogService.GetWorkload:output_type -> meshfed.v1.Workload
-	13, // 43: meshfed.v1.CatalogService.ListWorkloads:output_type -> meshfed.v1.ListWorkloadsResponse
-	4,  // 44: meshfed.v1.CatalogService.UpdateWorkload:output_type -> meshfed.v1.Workload
-	23, // 45: meshfed.v1.CatalogService.DeleteWorkload:output_type -> meshfed.v1.DeleteResponse
-	14, // 46: meshfed.v1.CatalogService.WatchWorkloads:output_type -> meshfed.v1.WatchWorkloadsResponse
-	16, // 47: meshfed.v1.CatalogService.Resolve:output_type -> meshfed.v1.ResolveResponse
-	16, // 48: meshfed.v1.CatalogService.WatchResolve:output_type -> meshfed.v1.ResolveResponse
-	35, // [35:49] is the sub-list for method output_type
-	21, // [21:35] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	17, // 21: meshfed.v1.WatchResolveManyRequest.services:type_name -> meshfed.v1.ServiceRef
+	3,  // 22: meshfed.v1.WatchResolveManyRequest.locality:type_name -> meshfed.v1.Locality
+	16, // 23: meshfed.v1.ResolvedService.resolution:type_name -> meshfed.v1.ResolveResponse
+	19, // 24: meshfed.v1.WatchResolveManyResponse.resolutions:type_name -> meshfed.v1.ResolvedService
+	7,  // 25: meshfed.v1.CatalogService.CreateService:input_type -> meshfed.v1.CreateServiceRequest
+	23, // 26: meshfed.v1.CatalogService.GetService:input_type -> meshfed.v1.GetRequest
+	24, // 27: meshfed.v1.CatalogService.ListServices:input_type -> meshfed.v1.ListRequest
+	8,  // 28: meshfed.v1.CatalogService.UpdateService:input_type -> meshfed.v1.UpdateServiceRequest
+	25, // 29: meshfed.v1.CatalogService.DeleteService:input_type -> meshfed.v1.DeleteRequest
+	26, // 30: meshfed.v1.CatalogService.WatchServices:input_type -> meshfed.v1.WatchRequest
+	11, // 31: meshfed.v1.CatalogService.CreateWorkload:input_type -> meshfed.v1.CreateWorkloadRequest
+	23, // 32: meshfed.v1.CatalogService.GetWorkload:input_type -> meshfed.v1.GetRequest
+	24, // 33: meshfed.v1.CatalogService.ListWorkloads:input_type -> meshfed.v1.ListRequest
+	12, // 34: meshfed.v1.CatalogService.UpdateWorkload:input_type -> meshfed.v1.UpdateWorkloadRequest
+	25, // 35: meshfed.v1.CatalogService.DeleteWorkload:input_type -> meshfed.v1.DeleteRequest
+	26, // 36: meshfed.v1.CatalogService.WatchWorkloads:input_type -> meshfed.v1.WatchRequest
+	15, // 37: meshfed.v1.CatalogService.Resolve:input_type -> meshfed.v1.ResolveRequest
+	15, // 38: meshfed.v1.CatalogService.WatchResolve:input_type -> meshfed.v1.ResolveRequest
+	18, // 39: meshfed.v1.CatalogService.WatchResolveMany:input_type -> meshfed.v1.WatchResolveManyRequest
+	2,  // 40: meshfed.v1.CatalogService.CreateService:output_type -> meshfed.v1.Service
+	2,  // 41: meshfed.v1.CatalogService.GetService:output_type -> meshfed.v1.Service
+	9,  // 42: meshfed.v1.CatalogService.ListServices:output_type -> meshfed.v1.ListServicesResponse
+	2,  // 43: meshfed.v1.CatalogService.UpdateService:output_type -> meshfed.v1.Service
+	27, // 44: meshfed.v1.CatalogService.DeleteService:output_type -> meshfed.v1.DeleteResponse
+	10, // 45: meshfed.v1.CatalogService.WatchServices:output_type -> meshfed.v1.WatchServicesResponse
+	4,  // 46: meshfed.v1.CatalogService.CreateWorkload:output_type -> meshfed.v1.Workload
+	4,  // 47: meshfed.v1.CatalogService.GetWorkload:output_type -> meshfed.v1.Workload
+	13, // 48: meshfed.v1.CatalogService.ListWorkloads:output_type -> meshfed.v1.ListWorkloadsResponse
+	4,  // 49: meshfed.v1.CatalogService.UpdateWorkload:output_type -> meshfed.v1.Workload
+	27, // 50: meshfed.v1.CatalogService.DeleteWorkload:output_type -> meshfed.v1.DeleteResponse
+	14, // 51: meshfed.v1.CatalogService.WatchWorkloads:output_type -> meshfed.v1.WatchWorkloadsResponse
+	16, // 52: meshfed.v1.CatalogService.Resolve:output_type -> meshfed.v1.ResolveResponse
+	16, // 53: meshfed.v1.CatalogService.WatchResolve:output_type -> meshfed.v1.ResolveResponse
+	20, // 54: meshfed.v1.CatalogService.WatchResolveMany:output_type -> meshfed.v1.WatchResolveManyResponse
+	40, // [40:55] is the sub-list for method output_type
+	25, // [25:40] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_meshfed_v1_catalog_proto_init() }
@@ -1330,7 +1584,7 @@ func file_meshfed_v1_catalog_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshfed_v1_catalog_proto_rawDesc), len(file_meshfed_v1_catalog_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   15,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,20 +19,21 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	CatalogService_CreateService_FullMethodName  = "/meshfed.v1.CatalogService/CreateService"
-	CatalogService_GetService_FullMethodName     = "/meshfed.v1.CatalogService/GetService"
-	CatalogService_ListServices_FullMethodName   = "/meshfed.v1.CatalogService/ListServices"
-	CatalogService_UpdateService_FullMethodName  = "/meshfed.v1.CatalogService/UpdateService"
-	CatalogService_DeleteService_FullMethodName  = "/meshfed.v1.CatalogService/DeleteService"
-	CatalogService_WatchServices_FullMethodName  = "/meshfed.v1.CatalogService/WatchServices"
-	CatalogService_CreateWorkload_FullMethodName = "/meshfed.v1.CatalogService/CreateWorkload"
-	CatalogService_GetWorkload_FullMethodName    = "/meshfed.v1.CatalogService/GetWorkload"
-	CatalogService_ListWorkloads_FullMethodName  = "/meshfed.v1.CatalogService/ListWorkloads"
-	CatalogService_UpdateWorkload_FullMethodName = "/meshfed.v1.CatalogService/UpdateWorkload"
-	CatalogService_DeleteWorkload_FullMethodName = "/meshfed.v1.CatalogService/DeleteWorkload"
-	CatalogService_WatchWorkloads_FullMethodName = "/meshfed.v1.CatalogService/WatchWorkloads"
-	CatalogService_Resolve_FullMethodName        = "/meshfed.v1.CatalogService/Resolve"
-	CatalogService_WatchResolve_FullMethodName   = "/meshfed.v1.CatalogService/WatchResolve"
+	CatalogService_CreateService_FullMethodName    = "/meshfed.v1.CatalogService/CreateService"
+	CatalogService_GetService_FullMethodName       = "/meshfed.v1.CatalogService/GetService"
+	CatalogService_ListServices_FullMethodName     = "/meshfed.v1.CatalogService/ListServices"
+	CatalogService_UpdateService_FullMethodName    = "/meshfed.v1.CatalogService/UpdateService"
+	CatalogService_DeleteService_FullMethodName    = "/meshfed.v1.CatalogService/DeleteService"
+	CatalogService_WatchServices_FullMethodName    = "/meshfed.v1.CatalogService/WatchServices"
+	CatalogService_CreateWorkload_FullMethodName   = "/meshfed.v1.CatalogService/CreateWorkload"
+	CatalogService_GetWorkload_FullMethodName      = "/meshfed.v1.CatalogService/GetWorkload"
+	CatalogService_ListWorkloads_FullMethodName    = "/meshfed.v1.CatalogService/ListWorkloads"
+	CatalogService_UpdateWorkload_FullMethodName   = "/meshfed.v1.CatalogService/UpdateWorkload"
+	CatalogService_DeleteWorkload_FullMethodName   = "/meshfed.v1.CatalogService/DeleteWorkload"
+	CatalogService_WatchWorkloads_FullMethodName   = "/meshfed.v1.CatalogService/WatchWorkloads"
+	CatalogService_Resolve_FullMethodName          = "/meshfed.v1.CatalogService/Resolve"
+	CatalogService_WatchResolve_FullMethodName     = "/meshfed.v1.CatalogService/WatchResolve"
+	CatalogService_WatchResolveMany_FullMethodName = "/meshfed.v1.CatalogService/WatchResolveMany"
 )
 
 // CatalogServiceClient is the client API for CatalogService service.
@@ -57,6 +58,9 @@ type CatalogServiceClient interface {
 	// cluster in failover order.
 	Resolve(ctx context.Context, in *ResolveRequest, opts ...grpc.CallOption) (*ResolveResponse, error)
 	WatchResolve(ctx context.Context, in *ResolveRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ResolveResponse], error)
+	// WatchResolveMany follows many services on one stream: what a proxy
+	// with many upstreams uses.
+	WatchResolveMany(ctx context.Context, in *WatchResolveManyRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchResolveManyResponse], error)
 }
 
 type catalogServiceClient struct {
@@ -234,6 +238,25 @@ func (c *catalogServiceClient) WatchResolve(ctx context.Context, in *ResolveRequ
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type CatalogService_WatchResolveClient = grpc.ServerStreamingClient[ResolveResponse]
 
+func (c *catalogServiceClient) WatchResolveMany(ctx context.Context, in *WatchResolveManyRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchResolveManyResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &CatalogService_ServiceDesc.Streams[3], CatalogService_WatchResolveMany_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchResolveManyRequest, WatchResolveManyResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type CatalogService_WatchResolveManyClient = grpc.ServerStreamingClient[WatchResolveManyResponse]
+
 // CatalogServiceServer is the server API for CatalogService service.
 // All implementations must embed UnimplementedCatalogServiceServer
 // for forward compatibility.
@@ -256,6 +279,9 @@ type CatalogServiceServer interface {
 	// cluster in failover order.
 	Resolve(context.Context, *ResolveRequest) (*ResolveResponse, error)
 	WatchResolve(*ResolveRequest, grpc.ServerStreamingServer[ResolveResponse]) error
+	// WatchResolveMany follows many services on one stream: what a proxy
+	// with many upstreams uses.
+	WatchResolveMany(*WatchResolveManyRequest, grpc.ServerStreamingServer[WatchResolveManyResponse]) error
 	mustEmbedUnimplementedCatalogServiceServer()
 }
 
@@ -307,6 +333,9 @@ func (UnimplementedCatalogServiceServer) Resolve(context.Context, *ResolveReques
 }
 func (UnimplementedCatalogServiceServer) WatchResolve(*ResolveRequest, grpc.ServerStreamingServer[ResolveResponse]) error {
 	return status.Error(codes.Unimplemented, "method WatchResolve not implemented")
+}
+func (UnimplementedCatalogServiceServer) WatchResolveMany(*WatchResolveManyRequest, grpc.ServerStreamingServer[WatchResolveManyResponse]) error {
+	return status.Error(codes.Unimplemented, "method WatchResolveMany not implemented")
 }
 func (UnimplementedCatalogServiceServer) mustEmbedUnimplementedCatalogServiceServer() {}
 func (UnimplementedCatalogServiceServer) testEmbeddedByValue()                        {}
@@ -560,6 +589,17 @@ func _CatalogService_WatchResolve_Handler(srv interface{}, stream grpc.ServerStr
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type CatalogService_WatchResolveServer = grpc.ServerStreamingServer[ResolveResponse]
 
+func _CatalogService_WatchResolveMany_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchResolveManyRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(CatalogServiceServer).WatchResolveMany(m, &grpc.GenericServerStream[WatchResolveManyRequest, WatchResolveManyResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type CatalogService_WatchResolveManyServer = grpc.ServerStreamingServer[WatchResolveManyResponse]
+
 // CatalogService_ServiceDesc is the grpc.ServiceDesc for CatalogService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -626,6 +666,11 @@ var CatalogService_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "WatchResolve",
 			Handler:       _CatalogService_WatchResolve_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "WatchResolveMany",
+			Handler:       _CatalogService_WatchResolveMany_Handler,
 			ServerStreams: true,
 		},
 	},
