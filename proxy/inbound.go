@@ -40,6 +40,9 @@ type inbound struct {
 	conns *chanListener
 	rp    *httputil.ReverseProxy
 
+	// HTTP/1.1 connections served directly.
+	h1 h1Tracker
+
 	// TCP connections, so that a policy change can close the ones no
 	// longer allowed and a drain can wait for them.
 	mu      sync.Mutex
@@ -182,6 +185,12 @@ func (in *inbound) handle(c net.Conn) {
 }
 
 func (in *inbound) accept(c net.Conn, caller spiffeid.ID) {
+	if in.l7 && !in.grpc {
+		if tc, ok := c.(*tls.Conn); ok && tc.ConnectionState().NegotiatedProtocol != "h2" {
+			in.serveH1(tc, caller)
+			return
+		}
+	}
 	if in.l7 {
 		if !in.conns.push(c) {
 			c.Close()
@@ -352,6 +361,7 @@ func (in *inbound) shutdown(ctx context.Context) {
 			in.srv.Close()
 		}
 	}
+	in.h1.shutdown(ctx)
 	in.mu.Lock()
 	in.closing = true
 	in.mu.Unlock()

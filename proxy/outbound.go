@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -40,6 +41,8 @@ type endpoint struct {
 	id       spiffeid.ID
 	cluster  string
 	inflight atomic.Int64
+	// pool holds kept-alive HTTP/1.1 connections.
+	pool connPool
 	// ejectedUntil (Unix nanoseconds) is set after a failed connection.
 	ejectedUntil atomic.Int64
 }
@@ -81,6 +84,8 @@ type upstream struct {
 	// until the app's first HTTP connection.
 	http atomic.Pointer[httpSide]
 
+	h1 h1Tracker
+
 	mu      sync.Mutex
 	tcp     map[net.Conn]struct{}
 	tcpWG   sync.WaitGroup
@@ -95,6 +100,7 @@ func newUpstream(p *Proxy, cfg Upstream) *upstream {
 // opens its first such connection: a proxy with a thousand upstreams that
 // it rarely calls holds little for each.
 type httpSide struct {
+	ln  *chanListener
 	srv *http.Server
 	rp  *httputil.ReverseProxy
 	h1  *http.Transport
@@ -226,12 +232,12 @@ func (u *upstream) update(resp *meshfedv1.ResolveResponse) {
 	// Connections to endpoints that left stay open while in use; idle
 	// ones are dropped.
 	if old != nil {
-		for addr := range old.byAddr {
-			if _, ok := set.byAddr[addr]; !ok {
+		for addr, ep := range old.byAddr {
+			if set.byAddr[addr] != ep {
+				ep.pool.closeAll()
 				if hs := u.http.Load(); hs != nil {
 					hs.closeIdle()
 				}
-				break
 			}
 		}
 	}
@@ -469,13 +475,12 @@ func (u *upstream) proxyError(w http.ResponseWriter, r *http.Request, err error)
 // they are handled; until the first resolution is known, the connection
 // waits for it (at most the connect timeout).
 func (u *upstream) serve() {
-	var httpLn *chanListener
 	for {
 		c, err := u.ln.Accept()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
-				if httpLn != nil {
-					httpLn.Close()
+				if hs := u.http.Load(); hs != nil {
+					hs.ln.Close()
 				}
 				return
 			}
@@ -492,26 +497,52 @@ func (u *upstream) serve() {
 			go u.serveTCP(c)
 			continue
 		}
-		if httpLn == nil {
-			u.mu.Lock()
-			if u.closing {
-				u.mu.Unlock()
-				c.Close()
-				continue
-			}
-			hs := u.newHTTPSide()
-			u.http.Store(hs)
-			u.mu.Unlock()
-			httpLn = newChanListener(u.ln.Addr())
-			l := httpLn
-			u.p.goFn(func() { _ = hs.srv.Serve(l) })
+		if set.protocol == meshfedv1.Protocol_PROTOCOL_HTTP {
+			// HTTP/1.1 goes the direct way; h2c (its preface starts
+			// with "PRI") through net/http.
+			go func() {
+				br := bufio.NewReaderSize(c, 4096)
+				_ = c.SetReadDeadline(time.Now().Add(h1IdleTimeout))
+				first, err := br.Peek(3)
+				_ = c.SetReadDeadline(time.Time{})
+				if err != nil {
+					c.Close()
+					return
+				}
+				if string(first) != "PRI" {
+					u.serveH1(c, br)
+					return
+				}
+				u.serveHTTP(&peekedConn{Conn: c, r: br})
+			}()
+			continue
 		}
-		go func() {
-			if !httpLn.push(c) {
-				c.Close()
-			}
-		}()
+		u.serveHTTP(c)
 	}
+}
+
+// serveHTTP hands a connection to the upstream's net/http server, made on
+// first use.
+func (u *upstream) serveHTTP(c net.Conn) {
+	u.mu.Lock()
+	if u.closing {
+		u.mu.Unlock()
+		c.Close()
+		return
+	}
+	hs := u.http.Load()
+	if hs == nil {
+		hs = u.newHTTPSide()
+		hs.ln = newChanListener(u.ln.Addr())
+		u.http.Store(hs)
+		u.p.goFn(func() { _ = hs.srv.Serve(hs.ln) })
+	}
+	u.mu.Unlock()
+	go func() {
+		if !hs.ln.push(c) {
+			c.Close()
+		}
+	}()
 }
 
 // serveTCP connects the app's connection to an endpoint over mTLS,
@@ -583,6 +614,7 @@ func (u *upstream) shutdown(ctx context.Context) {
 			hs.srv.Close()
 		}
 	}
+	u.h1.shutdown(ctx)
 	done := make(chan struct{})
 	go func() { u.tcpWG.Wait(); close(done) }()
 	select {
@@ -597,5 +629,10 @@ func (u *upstream) shutdown(ctx context.Context) {
 	}
 	if hs != nil {
 		hs.closeIdle()
+	}
+	if set := u.set.Load(); set != nil {
+		for _, ep := range set.byAddr {
+			ep.pool.closeAll()
+		}
 	}
 }

@@ -125,6 +125,8 @@ type proxyOptions struct {
 	instance string
 	// upstreams are name=127.0.0.1:port, one --upstream flag each.
 	upstreams []string
+	// ports, when set, are the --listen and --admin ports.
+	ports []int
 }
 
 // startProxy runs meshfed-proxy with a new workload-join token for the
@@ -135,9 +137,11 @@ func (cp *controlPlane) startProxy(ctx context.Context, ps *harness.Procs, o pro
 	if err != nil {
 		return nil, err
 	}
-	ports, err := harness.FreePorts(2)
-	if err != nil {
-		return nil, err
+	ports := o.ports
+	if ports == nil {
+		if ports, err = harness.FreePorts(2); err != nil {
+			return nil, err
+		}
 	}
 	m := &meshProxy{listen: fmt.Sprintf("127.0.0.1:%d", ports[0]), admin: fmt.Sprintf("127.0.0.1:%d", ports[1])}
 	args := []string{
@@ -292,7 +296,8 @@ func runManyServices(ctx context.Context, ps *harness.Procs, cp *controlPlane, p
 	r.populate = time.Since(start)
 	harness.Logf("meshfed: %d services, %d workloads and %d policies created in %v", n, r.workloads, r.policies, r.populate.Round(time.Millisecond))
 
-	ports, err := harness.FreePorts(n)
+	// All at once, with the proxy's own two: ports chosen apart can repeat.
+	ports, err := harness.FreePorts(n + 2)
 	if err != nil {
 		return nil, fmt.Errorf("%d free ports for the upstream listeners: %w", n, err)
 	}
@@ -302,7 +307,7 @@ func runManyServices(ctx context.Context, ps *harness.Procs, cp *controlPlane, p
 	}
 	harness.Logf("meshfed: starting a third proxy (service edge) with %d --upstream flags", n)
 	start = time.Now()
-	edge, err := cp.startProxy(ctx, ps, proxyOptions{service: "edge", appPort: idlePort, instance: "edge-0", upstreams: ups})
+	edge, err := cp.startProxy(ctx, ps, proxyOptions{service: "edge", appPort: idlePort, instance: "edge-0", upstreams: ups, ports: ports[n:]})
 	if err != nil {
 		return nil, err
 	}
