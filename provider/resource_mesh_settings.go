@@ -36,6 +36,7 @@ type meshSettingsResource struct{ resourceBase }
 type meshSettingsModel struct {
 	ID                         types.String       `tfsdk:"id"`
 	DefaultAuthorizationAction types.String       `tfsdk:"default_authorization_action"`
+	MTLSMode                   types.String       `tfsdk:"mtls_mode"`
 	AccessLogs                 types.Bool         `tfsdk:"access_logs"`
 	TraceSampling              types.Float64      `tfsdk:"trace_sampling"`
 	OTLPEndpoint               types.String       `tfsdk:"otlp_endpoint"`
@@ -46,6 +47,8 @@ type meshSettingsModel struct {
 
 var meshSettingsFields = fieldMap{root: "settings"}
 
+var mtlsModeChoices = enumChoices(meshfedv1.MTLSMode(0).Descriptor())
+
 func (r *meshSettingsResource) Metadata(_ context.Context, req resource.MetadataRequest, resp *resource.MetadataResponse) {
 	resp.TypeName = req.ProviderTypeName + "_mesh_settings"
 }
@@ -53,8 +56,8 @@ func (r *meshSettingsResource) Metadata(_ context.Context, req resource.Metadata
 func (r *meshSettingsResource) Schema(_ context.Context, _ resource.SchemaRequest, resp *resource.SchemaResponse) {
 	resp.Schema = schema.Schema{
 		MarkdownDescription: "The cluster-wide mesh settings. A cluster has exactly one: creating this resource takes " +
-			"over the current settings, and destroying it restores the defaults (deny what no policy allows, no " +
-			"access logs, no tracing). Declare it at most once per cluster.",
+			"over the current settings, and destroying it restores the defaults (deny what no policy allows, " +
+			"mutual TLS only, no access logs, no tracing). Declare it at most once per cluster.",
 		Attributes: map[string]schema.Attribute{
 			"id": idAttribute("Always `global`."),
 			"default_authorization_action": schema.StringAttribute{
@@ -64,6 +67,16 @@ func (r *meshSettingsResource) Schema(_ context.Context, _ resource.SchemaReques
 				Computed:   true,
 				Default:    stringdefault.StaticString("deny"),
 				Validators: []validator.String{stringvalidator.OneOf(actionChoices...)},
+			},
+			"mtls_mode": schema.StringAttribute{
+				MarkdownDescription: "What proxies' inbound listeners accept: " + quotedList(mtlsModeChoices) +
+					". `strict` accepts mutual TLS only; `permissive` also accepts plain text from callers outside the " +
+					"mesh (during a migration), which have no identity and so pass only where the default action is " +
+					"`allow` and no DENY rule with the principal `\"*\"` matches. Defaults to `strict`.",
+				Optional:   true,
+				Computed:   true,
+				Default:    stringdefault.StaticString("strict"),
+				Validators: []validator.String{stringvalidator.OneOf(mtlsModeChoices...)},
 			},
 			"access_logs": schema.BoolAttribute{
 				MarkdownDescription: "Proxies write JSON access logs. Defaults to `false`.",
@@ -99,6 +112,7 @@ func (m *meshSettingsModel) toAPI(ctx context.Context, d *diag.Diagnostics) *mes
 		Meta: &meshfedv1.Meta{Name: singletonName},
 		DefaultAuthorizationAction: meshfedv1.AuthorizationAction(enumNumber(meshfedv1.AuthorizationAction(0).Descriptor(),
 			m.DefaultAuthorizationAction.ValueString())),
+		MtlsMode:      meshfedv1.MTLSMode(enumNumber(meshfedv1.MTLSMode(0).Descriptor(), m.MTLSMode.ValueString())),
 		AccessLogs:    m.AccessLogs.ValueBool(),
 		TraceSampling: m.TraceSampling.ValueFloat64(),
 		OtlpEndpoint:  m.OTLPEndpoint.ValueString(),
@@ -116,6 +130,11 @@ func (m *meshSettingsModel) fromAPI(s *meshfedv1.MeshSettings, d *diag.Diagnosti
 	m.DefaultAuthorizationAction = enumValue(s.GetDefaultAuthorizationAction())
 	if m.DefaultAuthorizationAction.IsNull() {
 		m.DefaultAuthorizationAction = types.StringValue("deny")
+	}
+	// Unset means strict: the server's default reads back as the schema's.
+	m.MTLSMode = enumValue(s.GetMtlsMode())
+	if m.MTLSMode.IsNull() {
+		m.MTLSMode = types.StringValue("strict")
 	}
 	m.AccessLogs = types.BoolValue(s.GetAccessLogs())
 	m.TraceSampling = types.Float64Value(s.GetTraceSampling())

@@ -53,7 +53,7 @@ func TestAccMeshSettings(t *testing.T) {
 			if err != nil {
 				return err
 			}
-			if s.GetMeta().GetVersion() != 0 || s.GetAccessLogs() {
+			if s.GetMeta().GetVersion() != 0 || s.GetAccessLogs() || s.GetMtlsMode() != meshfedv1.MTLSMode_MTLS_MODE_UNSPECIFIED {
 				return fmt.Errorf("the mesh settings were not reset: %v", s)
 			}
 			return nil
@@ -64,6 +64,8 @@ func TestAccMeshSettings(t *testing.T) {
 				ConfigStateChecks: []statecheck.StateCheck{
 					statecheck.ExpectKnownValue(addr, tfjsonpath.New("id"), knownvalue.StringExact("global")),
 					statecheck.ExpectKnownValue(addr, tfjsonpath.New("default_traffic_policy").AtMapKey("timeouts").AtMapKey("request"), knownvalue.StringExact("15s")),
+					// Unset: the default, as the server reads it back.
+					statecheck.ExpectKnownValue(addr, tfjsonpath.New("mtls_mode"), knownvalue.StringExact("strict")),
 				},
 			},
 			{ResourceName: addr, ImportState: true, ImportStateId: "global", ImportStateVerify: true},
@@ -95,6 +97,124 @@ func TestAccMeshSettings(t *testing.T) {
 				},
 				ConfigStateChecks: []statecheck.StateCheck{
 					statecheck.ExpectKnownValue(addr, tfjsonpath.New("access_logs"), knownvalue.Bool(true)),
+				},
+			},
+		},
+	})
+}
+
+func meshSettingsMTLSConfig(c *testharness.Cluster, mode string) string {
+	attr := ""
+	if mode != "" {
+		attr = fmt.Sprintf("  mtls_mode = %q\n", mode)
+	}
+	return providerConfig(c, "meshfed") + fmt.Sprintf(`
+resource "meshfed_mesh_settings" "test" {
+%s}
+`, attr)
+}
+
+// TestAccMeshSettingsMTLSMode: mtls_mode is written, read back and
+// imported; unset, it is strict without a diff, whether the server stores
+// STRICT or nothing; drift is corrected; a bad value fails at plan time.
+// It runs on a cluster of its own: a cluster has one set of mesh settings,
+// and TestAccMeshSettings owns west's.
+func TestAccMeshSettingsMTLSMode(t *testing.T) {
+	t.Parallel()
+	c := testharness.StartCluster(t, 1, testharness.ClusterOptions{Name: "mtls", LogLevel: "info"})
+	api := c.Client(t, c.Servers[0])
+	const addr = "meshfed_mesh_settings.test"
+	stored := func(ctx context.Context) meshfedv1.MTLSMode {
+		t.Helper()
+		s, err := api.Mesh.GetMeshSettings(ctx, &meshfedv1.GetMeshSettingsRequest{Read: &meshfedv1.ReadOptions{Consistent: true}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s.GetMtlsMode()
+	}
+	resource.Test(t, resource.TestCase{
+		ProtoV6ProviderFactories: protoV6Providers,
+		CheckDestroy: func(*terraform.State) error {
+			if m := stored(context.Background()); m != meshfedv1.MTLSMode_MTLS_MODE_UNSPECIFIED {
+				return fmt.Errorf("mtls_mode after destroy: %v, want the default", m)
+			}
+			return nil
+		},
+		Steps: []resource.TestStep{
+			{
+				Config: meshSettingsMTLSConfig(c, "permissive"),
+				ConfigStateChecks: []statecheck.StateCheck{
+					statecheck.ExpectKnownValue(addr, tfjsonpath.New("mtls_mode"), knownvalue.StringExact("permissive")),
+				},
+				Check: func(*terraform.State) error {
+					if m := stored(ctxT(t)); m != meshfedv1.MTLSMode_MTLS_MODE_PERMISSIVE {
+						return fmt.Errorf("the server stores %v", m)
+					}
+					return nil
+				},
+			},
+			// The same configuration again plans nothing.
+			{Config: meshSettingsMTLSConfig(c, "permissive"), PlanOnly: true},
+			{ResourceName: addr, ImportState: true, ImportStateId: "global", ImportStateVerify: true},
+			{
+				// A bad value fails at plan time, on its attribute.
+				Config:      meshSettingsMTLSConfig(c, "optional"),
+				PlanOnly:    true,
+				ExpectError: regexp.MustCompile(`(?s)mtls_mode = "optional".*Attribute mtls_mode value must be one of:.*"strict".*"permissive"`),
+			},
+			{
+				// Unset: back to the default, which the plan shows.
+				Config: meshSettingsMTLSConfig(c, ""),
+				ConfigPlanChecks: resource.ConfigPlanChecks{
+					PreApply: []plancheck.PlanCheck{
+						plancheck.ExpectResourceAction(addr, plancheck.ResourceActionUpdate),
+						plancheck.ExpectKnownValue(addr, tfjsonpath.New("mtls_mode"), knownvalue.StringExact("strict")),
+					},
+				},
+				Check: func(*terraform.State) error {
+					if m := stored(ctxT(t)); m != meshfedv1.MTLSMode_MTLS_MODE_STRICT {
+						return fmt.Errorf("the server stores %v", m)
+					}
+					return nil
+				},
+			},
+			{Config: meshSettingsMTLSConfig(c, ""), PlanOnly: true},
+			{
+				// The server's own default (unset, as after "meshfed mesh
+				// reset") reads as strict: still no diff.
+				PreConfig: func() {
+					ctx := ctxT(t)
+					s, err := api.Mesh.GetMeshSettings(ctx, &meshfedv1.GetMeshSettingsRequest{})
+					if err != nil {
+						t.Fatal(err)
+					}
+					s.MtlsMode = meshfedv1.MTLSMode_MTLS_MODE_UNSPECIFIED
+					if _, err := api.Mesh.UpdateMeshSettings(ctx, &meshfedv1.UpdateMeshSettingsRequest{Settings: s}); err != nil {
+						t.Fatal(err)
+					}
+				},
+				Config:   meshSettingsMTLSConfig(c, ""),
+				PlanOnly: true,
+			},
+			{
+				// Drift: permissive set outside Terraform is put back.
+				PreConfig: func() {
+					ctx := ctxT(t)
+					s, err := api.Mesh.GetMeshSettings(ctx, &meshfedv1.GetMeshSettingsRequest{})
+					if err != nil {
+						t.Fatal(err)
+					}
+					s.MtlsMode = meshfedv1.MTLSMode_MTLS_MODE_PERMISSIVE
+					if _, err := api.Mesh.UpdateMeshSettings(ctx, &meshfedv1.UpdateMeshSettingsRequest{Settings: s}); err != nil {
+						t.Fatal(err)
+					}
+				},
+				Config: meshSettingsMTLSConfig(c, "strict"),
+				ConfigPlanChecks: resource.ConfigPlanChecks{
+					PreApply: []plancheck.PlanCheck{plancheck.ExpectResourceAction(addr, plancheck.ResourceActionUpdate)},
+				},
+				ConfigStateChecks: []statecheck.StateCheck{
+					statecheck.ExpectKnownValue(addr, tfjsonpath.New("mtls_mode"), knownvalue.StringExact("strict")),
 				},
 			},
 		},

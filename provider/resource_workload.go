@@ -40,6 +40,7 @@ type workloadModel struct {
 	SpiffeID      types.String   `tfsdk:"spiffe_id"`
 	VersionLabel  types.String   `tfsdk:"version_label"`
 	Labels        types.Map      `tfsdk:"labels"`
+	Proxy         types.Bool     `tfsdk:"proxy"`
 	Version       types.Int64    `tfsdk:"version"`
 	CreateVersion types.Int64    `tfsdk:"create_version"`
 }
@@ -143,7 +144,15 @@ func (r *workloadResource) Schema(_ context.Context, _ resource.SchemaRequest, r
 				Optional:   true,
 				Validators: []validator.String{labelValue()},
 			},
-			"labels":         labelsAttribute(),
+			"labels": labelsAttribute(),
+			"proxy": schema.BoolAttribute{
+				MarkdownDescription: "Whether a meshfed-proxy registered the endpoint and reports its health with " +
+					"heartbeats. Always `false` for the static endpoints this resource creates; `true` only for an " +
+					"imported endpoint of a proxy, which this resource refuses to update (an update would turn it " +
+					"into a static endpoint that its proxy can no longer register).",
+				Computed:      true,
+				PlanModifiers: []planmodifier.Bool{staticEndpoint{}},
+			},
 			"version":        versionAttribute(),
 			"create_version": createVersionAttribute(),
 		},
@@ -179,6 +188,7 @@ func (m *workloadModel) fromAPI(w *meshfedv1.Workload, d *diag.Diagnostics) {
 	m.SpiffeID = types.StringValue(w.GetSpiffeId())
 	m.VersionLabel = stringValue(m.VersionLabel, w.GetVersion())
 	m.Labels = labelsValue(m.Labels, meta.GetLabels(), d)
+	m.Proxy = types.BoolValue(w.GetProxy())
 	m.Version = types.Int64Value(int64(meta.GetVersion()))
 	m.CreateVersion = types.Int64Value(int64(meta.GetCreateVersion()))
 }

@@ -50,6 +50,7 @@ type fakeServer struct {
 	meshfedv1.UnimplementedWorkloadIdentityServiceServer
 	meshfedv1.UnimplementedCAServiceServer
 	meshfedv1.UnimplementedIdentityServiceServer
+	meshfedv1.UnimplementedMeshSettingsServiceServer
 
 	addr   string
 	caFile string
@@ -75,6 +76,10 @@ type fakeServer struct {
 	identities     []*meshfedv1.Identity
 	identityReqs   []*meshfedv1.CreateIdentityRequest
 	identityDels   []*meshfedv1.DeleteRequest
+
+	// Mesh settings (mesh_test.go).
+	meshSettings *meshfedv1.MeshSettings
+	meshUpdates  []*meshfedv1.UpdateMeshSettingsRequest
 }
 
 func startFakeServer(t *testing.T) *fakeServer {
@@ -102,6 +107,7 @@ func startFakeServer(t *testing.T) *fakeServer {
 	meshfedv1.RegisterWorkloadIdentityServiceServer(gs, f)
 	meshfedv1.RegisterCAServiceServer(gs, f)
 	meshfedv1.RegisterIdentityServiceServer(gs, f)
+	meshfedv1.RegisterMeshSettingsServiceServer(gs, f)
 	meshfedv1.RegisterPeeringServiceServer(gs, meshfedv1.UnimplementedPeeringServiceServer{})
 	go gs.Serve(l)
 	t.Cleanup(gs.Stop)

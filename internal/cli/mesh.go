@@ -70,10 +70,10 @@ func (a *app) meshGetCommand() *cobra.Command {
 
 func (a *app) meshSetCommand() *cobra.Command {
 	var (
-		file, action, otlp, region, zone string
-		accessLogs                       bool
-		sampling                         float64
-		expected                         uint64
+		file, action, mtls, otlp, region, zone string
+		accessLogs                             bool
+		sampling                               float64
+		expected                               uint64
 	)
 	cmd := &cobra.Command{
 		Use:   "set [flags]",
@@ -83,6 +83,7 @@ replace all of them with -f FILE (YAML or JSON in the JSON shape of the API's
 MeshSettings). Without --expected-version the change applies only if nobody
 changed the settings since they were read.`,
 		Example: `  meshfed mesh set --default-action deny --access-logs
+  meshfed mesh set --mtls-mode permissive
   meshfed mesh set --trace-sampling 0.1 --otlp-endpoint otel-collector:4317
   meshfed mesh set --region eu-west --zone a
   meshfed mesh set -f mesh.yaml`,
@@ -91,7 +92,7 @@ changed the settings since they were read.`,
 			f := cmd.Flags()
 			var fromFile *meshfedv1.MeshSettings
 			if file != "" {
-				for _, name := range []string{"default-action", "access-logs", "trace-sampling", "otlp-endpoint", "region", "zone"} {
+				for _, name := range meshSettingFlags {
 					if f.Changed(name) {
 						return usageErrorf("-f and --%s cannot be combined", name)
 					}
@@ -108,7 +109,7 @@ changed the settings since they were read.`,
 					return fmt.Errorf("%s: expected one document, found %d", source, len(docs))
 				}
 				fromFile = docs[0]
-			} else if !anyChanged(cmd, "default-action", "access-logs", "trace-sampling", "otlp-endpoint", "region", "zone") {
+			} else if !anyChanged(cmd, meshSettingFlags...) {
 				return usageErrorf("nothing to change: give -f FILE or at least one setting flag")
 			}
 			var actionNum int32
@@ -118,6 +119,14 @@ changed the settings since they were read.`,
 					return err
 				}
 				actionNum = int32(n)
+			}
+			var mtlsNum int32
+			if f.Changed("mtls-mode") {
+				n, err := parseEnum(meshfedv1.MTLSMode(0).Descriptor(), "--mtls-mode", mtls)
+				if err != nil {
+					return err
+				}
+				mtlsNum = int32(n)
 			}
 			if f.Changed("trace-sampling") && (sampling < 0 || sampling > 1) {
 				return usageErrorf("--trace-sampling %g: must be between 0 and 1", sampling)
@@ -135,6 +144,9 @@ changed the settings since they were read.`,
 					}
 					if f.Changed("default-action") {
 						s.DefaultAuthorizationAction = meshfedv1.AuthorizationAction(actionNum)
+					}
+					if f.Changed("mtls-mode") {
+						s.MtlsMode = meshfedv1.MTLSMode(mtlsNum)
 					}
 					if f.Changed("access-logs") {
 						s.AccessLogs = accessLogs
@@ -168,6 +180,7 @@ changed the settings since they were read.`,
 	f := cmd.Flags()
 	f.StringVarP(&file, "file", "f", "", `replace all settings from a YAML or JSON file ("-" for standard input)`)
 	f.StringVar(&action, "default-action", "", "action when no policy allows a call: allow or deny")
+	f.StringVar(&mtls, "mtls-mode", "", "what proxies' inbound listeners accept: strict (mutual TLS only) or permissive (also plain text)")
 	f.BoolVar(&accessLogs, "access-logs", false, "proxies write JSON access logs")
 	f.Float64Var(&sampling, "trace-sampling", 0, "share of requests traced (0-1)")
 	f.StringVar(&otlp, "otlp-endpoint", "", "OTLP/gRPC endpoint proxies export traces to")
@@ -176,6 +189,9 @@ changed the settings since they were read.`,
 	f.Uint64Var(&expected, "expected-version", 0, "apply only if the stored version still equals this")
 	return cmd
 }
+
+// meshSettingFlags are the flags of "mesh set" that change one setting.
+var meshSettingFlags = []string{"default-action", "mtls-mode", "access-logs", "trace-sampling", "otlp-endpoint", "region", "zone"}
 
 func anyChanged(cmd *cobra.Command, names ...string) bool {
 	for _, n := range names {

@@ -116,9 +116,10 @@ type httpApp struct {
 }
 
 type appReply struct {
-	App  string `json:"app"`
-	XFCC string `json:"xfcc"`
-	Path string `json:"path"`
+	App    string `json:"app"`
+	XFCC   string `json:"xfcc"`
+	Path   string `json:"path"`
+	Length int    `json:"length"`
 }
 
 func startHTTPApp(t *testing.T, name string) *httpApp {
@@ -136,13 +137,13 @@ func startHTTPApp(t *testing.T, name string) *httpApp {
 			return
 		}
 		a.hits.Add(1)
-		_, _ = io.Copy(io.Discard, r.Body)
+		n, _ := io.Copy(io.Discard, r.Body)
 		if strings.HasPrefix(r.URL.Path, "/hold/") {
 			a.held.Add(1)
 			<-a.release
 		}
 		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(appReply{App: name, XFCC: r.Header.Get("X-Forwarded-Client-Cert"), Path: r.URL.Path})
+		_ = json.NewEncoder(w).Encode(appReply{App: name, XFCC: r.Header.Get("X-Forwarded-Client-Cert"), Path: r.URL.Path, Length: int(n)})
 	}), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = a.srv.Serve(ln) }()
 	t.Cleanup(func() {

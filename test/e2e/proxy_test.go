@@ -134,6 +134,34 @@ rules:
 		t.Fatalf("POST through the proxies: %d %+v %v", code, r, err)
 	}
 
+	// A chunked body of unknown length, a body larger than the proxy keeps
+	// for retries, and HEAD (a response without a body) pass intact.
+	for _, size := range []int{0, 100 << 10} {
+		req, _ := http.NewRequest(http.MethodPost, "http://"+cl.Upstream("web")+"/chunked", io.NopCloser(strings.NewReader(strings.Repeat("x", size+3))))
+		req.ContentLength = -1
+		if size > 0 {
+			req.ContentLength = int64(size + 3)
+		}
+		resp, err := keepAliveClient.Do(req)
+		if err != nil {
+			t.Fatalf("POST of %d bytes: %v", size+3, err)
+		}
+		var r appReply
+		err = json.NewDecoder(resp.Body).Decode(&r)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != 200 || r.Path != "/chunked" || r.Length != size+3 {
+			t.Fatalf("POST of %d bytes: %d %+v %v", size+3, resp.StatusCode, r, err)
+		}
+	}
+	if resp, err := keepAliveClient.Head("http://" + cl.Upstream("web") + "/head"); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("HEAD through the proxies: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+	if code, r, err := get(cl.Upstream("web"), "/after-head"); err != nil || code != 200 || r.Path != "/after-head" {
+		t.Fatalf("GET after HEAD on the same connection: %d %+v %v", code, r, err)
+	}
+
 	// gRPC (h2c from the app to its proxy).
 	conn, err := grpc.NewClient(cl.Upstream("rpc"), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {

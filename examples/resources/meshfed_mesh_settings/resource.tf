@@ -1,5 +1,6 @@
 resource "meshfed_mesh_settings" "this" {
   default_authorization_action = "deny"
+  mtls_mode                    = "strict" # "permissive" while some callers have no proxy yet
   access_logs                  = true
   trace_sampling               = 0.05
   otlp_endpoint                = "otel-collector.monitoring:4317"
