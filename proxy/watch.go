@@ -61,6 +61,31 @@ func (p *Proxy) watchSettings(ctx context.Context) error {
 	}
 }
 
+// followNamed reads a watch stream of named resources and keeps the
+// current set; after the initial snapshot, and after every change from
+// then on, it hands apply the whole set.
+func followNamed[R interface{ GetMeta() *meshfedv1.Meta }](recv func() (meshfedv1.WatchEventType, R, error), apply func(map[string]R)) error {
+	items := map[string]R{}
+	synced := false
+	for {
+		typ, item, err := recv()
+		if err != nil {
+			return err
+		}
+		switch typ {
+		case meshfedv1.WatchEventType_WATCH_EVENT_TYPE_UPSERT:
+			items[item.GetMeta().GetName()] = item
+		case meshfedv1.WatchEventType_WATCH_EVENT_TYPE_DELETE:
+			delete(items, item.GetMeta().GetName())
+		case meshfedv1.WatchEventType_WATCH_EVENT_TYPE_END_OF_SNAPSHOT:
+			synced = true
+		}
+		if synced {
+			apply(items)
+		}
+	}
+}
+
 // watchPolicies follows the authorization policies of the proxy's
 // namespace and recompiles the engine after every change (after the whole
 // initial snapshot at once).
@@ -69,31 +94,18 @@ func (p *Proxy) watchPolicies(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	policies := map[string]*meshfedv1.AuthorizationPolicy{}
-	synced := false
-	for {
+	recv := func() (meshfedv1.WatchEventType, *meshfedv1.AuthorizationPolicy, error) {
 		ev, err := st.Recv()
-		if err != nil {
-			return err
-		}
-		switch ev.GetType() {
-		case meshfedv1.WatchEventType_WATCH_EVENT_TYPE_UPSERT:
-			policies[ev.GetPolicy().GetMeta().GetName()] = ev.GetPolicy()
-		case meshfedv1.WatchEventType_WATCH_EVENT_TYPE_DELETE:
-			delete(policies, ev.GetPolicy().GetMeta().GetName())
-		case meshfedv1.WatchEventType_WATCH_EVENT_TYPE_END_OF_SNAPSHOT:
-			synced = true
-		}
-		if !synced {
-			continue
-		}
+		return ev.GetType(), ev.GetPolicy(), err
+	}
+	return followNamed(recv, func(policies map[string]*meshfedv1.AuthorizationPolicy) {
 		list := make([]*meshfedv1.AuthorizationPolicy, 0, len(policies))
 		for _, pol := range policies {
 			list = append(list, pol)
 		}
 		p.rebuildEngine(list)
 		p.policiesSynced.Store(true)
-	}
+	})
 }
 
 // rebuildEngine compiles a new authorization engine from the current
@@ -127,24 +139,11 @@ func (p *Proxy) watchTraffic(ctx context.Context, namespace string) error {
 	if err != nil {
 		return err
 	}
-	policies := map[string]*meshfedv1.TrafficPolicy{}
-	synced := false
-	for {
+	recv := func() (meshfedv1.WatchEventType, *meshfedv1.TrafficPolicy, error) {
 		ev, err := st.Recv()
-		if err != nil {
-			return err
-		}
-		switch ev.GetType() {
-		case meshfedv1.WatchEventType_WATCH_EVENT_TYPE_UPSERT:
-			policies[ev.GetPolicy().GetMeta().GetName()] = ev.GetPolicy()
-		case meshfedv1.WatchEventType_WATCH_EVENT_TYPE_DELETE:
-			delete(policies, ev.GetPolicy().GetMeta().GetName())
-		case meshfedv1.WatchEventType_WATCH_EVENT_TYPE_END_OF_SNAPSHOT:
-			synced = true
-		}
-		if !synced {
-			continue
-		}
+		return ev.GetType(), ev.GetPolicy(), err
+	}
+	return followNamed(recv, func(policies map[string]*meshfedv1.TrafficPolicy) {
 		byDest := map[string]*meshfedv1.TrafficPolicy{}
 		for _, tp := range policies {
 			byDest[tp.GetDestination()] = tp
@@ -153,7 +152,7 @@ func (p *Proxy) watchTraffic(ctx context.Context, namespace string) error {
 		p.traffic[namespace] = byDest
 		p.trafficMu.Unlock()
 		p.applyTraffic()
-	}
+	})
 }
 
 // applyTraffic gives every upstream its current traffic policy.
