@@ -164,7 +164,7 @@ func writeH1Error(bw *bufio.Writer, code int, msg string, close bool) error {
 	return bw.Flush()
 }
 
-// readIdle reads the next request, closing a connection idle for too long.
+// readRequest reads the next request, closing a connection idle for too long.
 func readRequest(c net.Conn, br *bufio.Reader) (*http.Request, error) {
 	_ = c.SetReadDeadline(time.Now().Add(h1IdleTimeout))
 	if _, err := br.Peek(1); err != nil {
@@ -232,7 +232,7 @@ func (in *inbound) serveH1(tc net.Conn, caller spiffeid.ID) {
 			}
 			werr := writeH1Error(bw, http.StatusForbidden, "RBAC: access denied", closeAfter)
 			in.p.m.observe("inbound", source, in.dest, http.StatusForbidden, time.Since(start))
-			in.deny(caller, req.Method, path, d, start, tc.RemoteAddr())
+			in.deny(caller, req.Method, path, d, start, tc.RemoteAddr().String())
 			if werr != nil || closeAfter {
 				return
 			}
@@ -439,8 +439,7 @@ func (u *upstream) forwardH1(req *http.Request, bw *bufio.Writer) bool {
 			tc, derr := u.dialTLS(ctx, ep.addr, false)
 			if derr != nil {
 				err = derr
-				ep.ejectedUntil.Store(time.Now().Add(ejectFor).UnixNano())
-				u.p.m.upstreamErr.WithLabelValues(u.cfg.key()).Inc()
+				u.eject(ep)
 				continue
 			}
 			c := tc.(*tls.Conn)

@@ -212,7 +212,7 @@ func (in *inbound) serveTCP(c net.Conn, caller spiffeid.ID) {
 	start := time.Now()
 	d := in.p.engine.Load().Decide(authz.Request{Principal: caller})
 	if !d.Allow {
-		in.deny(caller, "", "", d, start, c.RemoteAddr())
+		in.deny(caller, "", "", d, start, c.RemoteAddr().String())
 		c.Close()
 		return
 	}
@@ -295,7 +295,7 @@ func (in *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, "RBAC: access denied", http.StatusForbidden)
 		}
 		in.p.m.observe("inbound", principalLabel(caller), in.dest, code, time.Since(start))
-		in.deny(caller, r.Method, path, d, start, remoteAddr(r))
+		in.deny(caller, r.Method, path, d, start, r.RemoteAddr)
 		return
 	}
 	r.Header.Del("X-Forwarded-Client-Cert")
@@ -319,17 +319,14 @@ func (in *inbound) protocol() string {
 	return "http"
 }
 
-func (in *inbound) deny(caller spiffeid.ID, method, path string, d authz.Decision, start time.Time, peer net.Addr) {
+func (in *inbound) deny(caller spiffeid.ID, method, path string, d authz.Decision, start time.Time, peer string) {
 	in.p.m.denied.WithLabelValues(principalLabel(caller), in.dest).Inc()
 	proto := "tcp"
 	if in.l7 {
 		proto = in.protocol()
 	}
 	e := &accessEntry{Direction: "inbound", Protocol: proto, Source: principalLabel(caller), Dest: in.dest,
-		Method: method, Path: path, Duration: ms(time.Since(start)), Decision: "deny", Reason: d.Reason}
-	if peer != nil {
-		e.Peer = peer.String()
-	}
+		Method: method, Path: path, Duration: ms(time.Since(start)), Peer: peer, Decision: "deny", Reason: d.Reason}
 	if in.l7 {
 		e.Code = http.StatusForbidden
 	}
@@ -403,11 +400,3 @@ func pipe(a, b net.Conn) {
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
-
-func remoteAddr(r *http.Request) net.Addr {
-	a, err := net.ResolveTCPAddr("tcp", r.RemoteAddr)
-	if err != nil {
-		return nil
-	}
-	return a
-}

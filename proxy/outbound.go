@@ -77,7 +77,6 @@ type upstream struct {
 	// requestTimeout (a time.Duration) bounds a whole HTTP request; 0 is
 	// none.
 	requestTimeout atomic.Int64
-	started        sync.Once
 
 	// HTTP and gRPC: a server for the app's requests and transports to the
 	// endpoints (HTTP/1.1 for http, HTTP/2 for grpc, both over mTLS); nil
@@ -138,12 +137,11 @@ func (f roundTripperFunc) RoundTrip(r *http.Request) (*http.Response, error) { r
 
 func (u *upstream) transport(h2 bool) *http.Transport {
 	t := &http.Transport{
-		DialTLSContext:        func(ctx context.Context, _, addr string) (net.Conn, error) { return u.dialTLS(ctx, addr, h2) },
-		MaxIdleConns:          1024,
-		MaxIdleConnsPerHost:   256,
-		IdleConnTimeout:       90 * time.Second,
-		DisableCompression:    true,
-		ResponseHeaderTimeout: 0,
+		DialTLSContext:      func(ctx context.Context, _, addr string) (net.Conn, error) { return u.dialTLS(ctx, addr, h2) },
+		MaxIdleConns:        1024,
+		MaxIdleConnsPerHost: 256,
+		IdleConnTimeout:     90 * time.Second,
+		DisableCompression:  true,
 	}
 	protos := new(http.Protocols)
 	if h2 {
@@ -412,6 +410,7 @@ func (u *upstream) roundTrip(r *http.Request) (*http.Response, error) {
 		tr = hs.h2
 	}
 	var last *endpoint
+	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ {
 		ep, err := u.pick(set, last)
 		if err != nil {
@@ -422,37 +421,40 @@ func (u *upstream) roundTrip(r *http.Request) (*http.Response, error) {
 		}
 		req := r
 		if attempt > 0 {
-			if r.GetBody == nil {
+			body, err := r.GetBody()
+			if err != nil {
 				return nil, err
-			}
-			body, gerr := r.GetBody()
-			if gerr != nil {
-				return nil, gerr
 			}
 			req = r.Clone(r.Context())
 			req.Body = body
 		}
 		req.URL.Host = ep.addr
 		ep.inflight.Add(1)
-		resp, rerr := tr.RoundTrip(req)
+		resp, err := tr.RoundTrip(req)
 		ep.inflight.Add(-1)
-		if rerr == nil {
+		if err == nil {
 			return resp, nil
 		}
-		err = rerr
+		lastErr = err
 		var ce *connectError
-		if errors.As(rerr, &ce) {
-			ep.ejectedUntil.Store(time.Now().Add(ejectFor).UnixNano())
-			u.p.m.upstreamErr.WithLabelValues(u.cfg.key()).Inc()
+		if errors.As(err, &ce) {
+			u.eject(ep)
 		}
+		// Only a body that can be sent again is retried.
 		if r.Context().Err() != nil || r.GetBody == nil {
-			return nil, rerr
+			return nil, err
 		}
-		u.p.log.Debug("retrying on another endpoint", "upstream", u.dest, "endpoint", ep.addr, "err", rerr)
+		u.p.log.Debug("retrying on another endpoint", "upstream", u.dest, "endpoint", ep.addr, "err", err)
 		last = ep
 		set = u.set.Load()
 	}
-	return nil, err
+	return nil, lastErr
+}
+
+// eject skips an endpoint that refused a connection for a while.
+func (u *upstream) eject(ep *endpoint) {
+	ep.ejectedUntil.Store(time.Now().Add(ejectFor).UnixNano())
+	u.p.m.upstreamErr.WithLabelValues(u.cfg.key()).Inc()
 }
 
 func (u *upstream) proxyError(w http.ResponseWriter, r *http.Request, err error) {
@@ -580,8 +582,7 @@ func (u *upstream) serveTCP(c net.Conn) {
 			last = ep
 			break
 		}
-		ep.ejectedUntil.Store(time.Now().Add(ejectFor).UnixNano())
-		u.p.m.upstreamErr.WithLabelValues(u.cfg.key()).Inc()
+		u.eject(ep)
 		last = ep
 	}
 	if err != nil {

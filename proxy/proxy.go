@@ -49,8 +49,8 @@ type Proxy struct {
 	engine   atomic.Pointer[authz.Engine]
 	engineMu sync.Mutex
 	policies []*meshfedv1.AuthorizationPolicy
-	// policyGen counts engine changes; inbound TCP connections re-check
-	// their caller when it moves.
+	// policyChanged wakes the check of established inbound TCP
+	// connections against a new engine.
 	policyChanged chan struct{}
 
 	upstreams []*upstream

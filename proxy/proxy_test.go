@@ -1,6 +1,12 @@
 package proxy
 
 import (
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -230,6 +236,47 @@ func TestDefaultInstance(t *testing.T) {
 		got := defaultInstance(tc.svc, tc.host, tc.port)
 		if got != tc.want || dnsLabel("instance", got) != nil || len(got) > 63 {
 			t.Errorf("defaultInstance(%q, %q, %d) = %q, want %q", tc.svc, tc.host, tc.port, got, tc.want)
+		}
+	}
+}
+
+// When every attempt fails, the error of the last one is returned (never a
+// nil response without an error), and the endpoints that refused are
+// ejected.
+func TestRoundTripAllEndpointsRefuse(t *testing.T) {
+	p := &Proxy{m: newMetrics(), log: slog.New(slog.DiscardHandler)}
+	u := newUpstream(p, Upstream{Service: "web", Namespace: "default", Listen: "127.0.0.1:1"})
+	var addrs []string
+	for range 2 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addrs = append(addrs, ln.Addr().String())
+		ln.Close() // nothing listens there any more: connections are refused
+	}
+	id := "spiffe://east.mesh/ns/default/sa/web"
+	var eps []*meshfedv1.Endpoint
+	for _, a := range addrs {
+		host, port, _ := net.SplitHostPort(a)
+		n, _ := strconv.Atoi(port)
+		eps = append(eps, &meshfedv1.Endpoint{Address: host, Port: uint32(n), SpiffeId: id, Health: meshfedv1.HealthStatus_HEALTH_STATUS_HEALTHY})
+	}
+	u.update(&meshfedv1.ResolveResponse{
+		Service:  &meshfedv1.Service{Meta: &meshfedv1.Meta{Name: "web", Namespace: "default"}, Protocol: meshfedv1.Protocol_PROTOCOL_HTTP},
+		Clusters: []*meshfedv1.ClusterEndpoints{{Cluster: "east", Endpoints: eps}},
+	})
+	u.http.Store(u.newHTTPSide())
+	req := httptest.NewRequest(http.MethodPost, "https://default/web/x", strings.NewReader("body"))
+	req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(strings.NewReader("body")), nil }
+	resp, err := u.roundTrip(req)
+	if resp != nil || err == nil || !strings.Contains(err.Error(), "refused") {
+		t.Fatalf("roundTrip = %v, %v; want a connection-refused error", resp, err)
+	}
+	now := time.Now().UnixNano()
+	for _, a := range addrs {
+		if u.set.Load().byAddr[a].ejectedUntil.Load() <= now {
+			t.Errorf("endpoint %s was not ejected", a)
 		}
 	}
 }
