@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -48,15 +49,62 @@ type endpoint struct {
 }
 
 // endpointSet is one resolution of an upstream, immutable once built.
+// A proxy may follow a thousand upstreams of one or two endpoints each,
+// so small sets are plain slices; the address index exists only for
+// large ones.
 type endpointSet struct {
 	// groups are the clusters in failover order, each with at least one
 	// endpoint.
 	groups [][]*endpoint
+	// all is every endpoint, in the order of groups.
+	all []*endpoint
+	// byAddr indexes all when it is longer than smallSet.
 	byAddr map[string]*endpoint
 	// ids are the identities the upstream's servers may present.
-	ids      map[spiffeid.ID]struct{}
+	ids      []spiffeid.ID
 	protocol meshfedv1.Protocol
 	healthy  int
+}
+
+// smallSet is the size up to which an endpoint set is searched rather
+// than indexed.
+const smallSet = 8
+
+// lookup returns the endpoint at addr, or nil.
+func (s *endpointSet) lookup(addr string) *endpoint {
+	if s == nil {
+		return nil
+	}
+	if s.byAddr != nil {
+		return s.byAddr[addr]
+	}
+	for _, ep := range s.all {
+		if ep.addr == addr {
+			return ep
+		}
+	}
+	return nil
+}
+
+// add appends ep (in the current group, which the caller appends to
+// groups) unless its address is already in the set.
+func (s *endpointSet) add(ep *endpoint) bool {
+	if s.lookup(ep.addr) != nil {
+		return false
+	}
+	s.all = append(s.all, ep)
+	if s.byAddr != nil {
+		s.byAddr[ep.addr] = ep
+	} else if len(s.all) > smallSet {
+		s.byAddr = make(map[string]*endpoint, len(s.all))
+		for _, e := range s.all {
+			s.byAddr[e.addr] = e
+		}
+	}
+	if !slices.Contains(s.ids, ep.id) {
+		s.ids = append(s.ids, ep.id)
+	}
+	return true
 }
 
 // upstream is one --upstream: a local listener and the endpoints behind it.
@@ -64,7 +112,7 @@ type upstream struct {
 	p    *Proxy
 	cfg  Upstream
 	dest string
-	ln   net.Listener
+	ln   *groupListener
 
 	set      atomic.Pointer[endpointSet]
 	resolved atomic.Bool
@@ -154,18 +202,12 @@ func (u *upstream) transport(h2 bool) *http.Transport {
 }
 
 func (u *upstream) listen() error {
-	ln, err := net.Listen("tcp", u.cfg.Listen)
+	ln, err := u.p.listeners.listen(u.cfg.Listen, u.accept)
 	if err != nil {
 		return fmt.Errorf("--upstream %s=%s: %w", u.cfg.Service, u.cfg.Listen, err)
 	}
 	u.ln = ln
 	return nil
-}
-
-func (u *upstream) close() {
-	if u.ln != nil {
-		u.ln.Close()
-	}
 }
 
 // watch follows the upstream's resolution.
@@ -189,7 +231,7 @@ func (u *upstream) watch(ctx context.Context) error {
 // ejections of endpoints that stay.
 func (u *upstream) update(resp *meshfedv1.ResolveResponse) {
 	old := u.set.Load()
-	set := &endpointSet{byAddr: map[string]*endpoint{}, ids: map[spiffeid.ID]struct{}{}, protocol: resp.GetService().GetProtocol()}
+	set := &endpointSet{protocol: resp.GetService().GetProtocol()}
 	for _, cl := range resp.GetClusters() {
 		var group []*endpoint
 		for _, e := range cl.GetEndpoints() {
@@ -201,17 +243,13 @@ func (u *upstream) update(resp *meshfedv1.ResolveResponse) {
 				continue
 			}
 			addr := net.JoinHostPort(e.GetAddress(), strconv.Itoa(int(e.GetPort())))
-			if _, dup := set.byAddr[addr]; dup {
+			ep := &endpoint{addr: addr, id: id, cluster: cl.GetCluster()}
+			if prev := old.lookup(addr); prev != nil && prev.id == id {
+				ep = prev
+			}
+			if !set.add(ep) {
 				continue
 			}
-			ep := &endpoint{addr: addr, id: id, cluster: cl.GetCluster()}
-			if old != nil {
-				if prev := old.byAddr[addr]; prev != nil && prev.id == id {
-					ep = prev
-				}
-			}
-			set.byAddr[addr] = ep
-			set.ids[id] = struct{}{}
 			group = append(group, ep)
 		}
 		if len(group) > 0 {
@@ -230,8 +268,8 @@ func (u *upstream) update(resp *meshfedv1.ResolveResponse) {
 	// Connections to endpoints that left stay open while in use; idle
 	// ones are dropped.
 	if old != nil {
-		for addr, ep := range old.byAddr {
-			if set.byAddr[addr] != ep {
+		for _, ep := range old.all {
+			if set.lookup(ep.addr) != ep {
 				ep.pool.closeAll()
 				if hs := u.http.Load(); hs != nil {
 					hs.closeIdle()
@@ -314,12 +352,12 @@ func (u *upstream) choose(c []*endpoint) *endpoint {
 func (u *upstream) dialTLS(ctx context.Context, addr string, h2 bool) (net.Conn, error) {
 	set := u.set.Load()
 	var auth tlsconfig.Authorizer
-	if ep := set.byAddr[addr]; ep != nil {
+	if ep := set.lookup(addr); ep != nil {
 		auth = tlsconfig.AuthorizeID(ep.id)
 	} else {
 		ids := set.ids
 		auth = func(id spiffeid.ID, _ [][]*x509.Certificate) error {
-			if _, ok := ids[id]; ok {
+			if slices.Contains(ids, id) {
 				return nil
 			}
 			return fmt.Errorf("%s is not an identity of %s", id, u.dest)
@@ -473,52 +511,38 @@ func (u *upstream) proxyError(w http.ResponseWriter, r *http.Request, err error)
 	http.Error(w, "upstream "+u.dest+": "+err.Error(), code)
 }
 
-// serve accepts the app's connections. The upstream's protocol decides how
-// they are handled; until the first resolution is known, the connection
-// waits for it (at most the connect timeout).
-func (u *upstream) serve() {
-	for {
-		c, err := u.ln.Accept()
+// accept takes one of the app's connections, on its own goroutine. The
+// upstream's protocol decides how it is handled; until the first
+// resolution is known, the connection waits for it (at most the connect
+// timeout).
+func (u *upstream) accept(c net.Conn) {
+	u.p.m.connections.WithLabelValues("outbound").Inc()
+	set, err := u.current(context.Background())
+	if err != nil {
+		u.p.log.Warn("refusing a connection", "upstream", u.dest, "err", err)
+		c.Close()
+		return
+	}
+	switch set.protocol {
+	case meshfedv1.Protocol_PROTOCOL_TCP:
+		u.serveTCP(c)
+	case meshfedv1.Protocol_PROTOCOL_HTTP:
+		// HTTP/1.1 goes the direct way; h2c (its preface starts with
+		// "PRI") through net/http.
+		br := bufio.NewReaderSize(c, 4096)
+		_ = c.SetReadDeadline(time.Now().Add(h1IdleTimeout))
+		first, err := br.Peek(3)
+		_ = c.SetReadDeadline(time.Time{})
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				if hs := u.http.Load(); hs != nil {
-					hs.ln.Close()
-				}
-				return
-			}
-			continue
-		}
-		u.p.m.connections.WithLabelValues("outbound").Inc()
-		set, err := u.current(context.Background())
-		if err != nil {
-			u.p.log.Warn("refusing a connection", "upstream", u.dest, "err", err)
 			c.Close()
-			continue
+			return
 		}
-		if set.protocol == meshfedv1.Protocol_PROTOCOL_TCP {
-			go u.serveTCP(c)
-			continue
+		if string(first) != "PRI" {
+			u.serveH1(c, br)
+			return
 		}
-		if set.protocol == meshfedv1.Protocol_PROTOCOL_HTTP {
-			// HTTP/1.1 goes the direct way; h2c (its preface starts
-			// with "PRI") through net/http.
-			go func() {
-				br := bufio.NewReaderSize(c, 4096)
-				_ = c.SetReadDeadline(time.Now().Add(h1IdleTimeout))
-				first, err := br.Peek(3)
-				_ = c.SetReadDeadline(time.Time{})
-				if err != nil {
-					c.Close()
-					return
-				}
-				if string(first) != "PRI" {
-					u.serveH1(c, br)
-					return
-				}
-				u.serveHTTP(&peekedConn{Conn: c, r: br})
-			}()
-			continue
-		}
+		u.serveHTTP(&peekedConn{Conn: c, r: br})
+	default:
 		u.serveHTTP(c)
 	}
 }
@@ -540,11 +564,9 @@ func (u *upstream) serveHTTP(c net.Conn) {
 		u.p.goFn(func() { _ = hs.srv.Serve(hs.ln) })
 	}
 	u.mu.Unlock()
-	go func() {
-		if !hs.ln.push(c) {
-			c.Close()
-		}
-	}()
+	if !hs.ln.push(c) {
+		c.Close()
+	}
 }
 
 // serveTCP connects the app's connection to an endpoint over mTLS,
@@ -611,6 +633,9 @@ func (u *upstream) shutdown(ctx context.Context) {
 	hs := u.http.Load()
 	u.mu.Unlock()
 	if hs != nil {
+		hs.ln.Close()
+	}
+	if hs != nil {
 		if err := hs.srv.Shutdown(ctx); err != nil {
 			hs.srv.Close()
 		}
@@ -632,7 +657,7 @@ func (u *upstream) shutdown(ctx context.Context) {
 		hs.closeIdle()
 	}
 	if set := u.set.Load(); set != nil {
-		for _, ep := range set.byAddr {
+		for _, ep := range set.all {
 			ep.pool.closeAll()
 		}
 	}

@@ -54,6 +54,8 @@ type Proxy struct {
 	policyChanged chan struct{}
 
 	upstreams []*upstream
+	// listeners accepts on the upstreams' listeners.
+	listeners *listenerGroup
 	// traffic holds the traffic policies of the upstreams' namespaces, by
 	// namespace and destination.
 	trafficMu sync.Mutex
@@ -196,12 +198,11 @@ func (p *Proxy) Run(ctx context.Context) error {
 		return err
 	}
 	p.in = in
+	p.listeners = newListenerGroup(p.log)
 	for _, u := range p.upstreams {
 		if err := u.listen(); err != nil {
 			in.close()
-			for _, u := range p.upstreams {
-				u.close()
-			}
+			p.listeners.close()
 			return err
 		}
 	}
@@ -237,7 +238,6 @@ func (p *Proxy) Run(ctx context.Context) error {
 				p.retryLoop(runCtx, "traffic policies "+ns, func(ctx context.Context) error { return p.watchTraffic(ctx, ns) })
 			})
 		}
-		p.goFn(func() { u.serve() })
 	}
 	if len(p.upstreams) > 0 {
 		p.goFn(func() { p.retryLoop(runCtx, "resolve upstreams", p.watchUpstreams) })
@@ -269,6 +269,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	for _, u := range p.upstreams {
 		u.shutdown(sctx)
 	}
+	p.listeners.close()
 	scancel()
 	if admin != nil {
 		_ = admin.Close()

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -99,12 +100,12 @@ func TestConfigCheck(t *testing.T) {
 }
 
 func testSet(groups ...[]string) *endpointSet {
-	set := &endpointSet{byAddr: map[string]*endpoint{}, ids: map[spiffeid.ID]struct{}{}}
+	set := &endpointSet{}
 	for i, g := range groups {
 		var eps []*endpoint
 		for _, a := range g {
 			e := &endpoint{addr: a, cluster: string(rune('a' + i))}
-			set.byAddr[a] = e
+			set.add(e)
 			eps = append(eps, e)
 		}
 		set.groups = append(set.groups, eps)
@@ -128,25 +129,25 @@ func TestPickFailoverAndEjection(t *testing.T) {
 	}
 	// Ejected local endpoints are skipped; with all of them ejected, the
 	// next cluster serves.
-	set.byAddr["l1"].ejectedUntil.Store(time.Now().Add(time.Minute).UnixNano())
+	set.lookup("l1").ejectedUntil.Store(time.Now().Add(time.Minute).UnixNano())
 	for range 10 {
 		if e, _ := u.pick(set, nil); e.addr != "l2" {
 			t.Fatalf("picked %s with l1 ejected", e.addr)
 		}
 	}
-	set.byAddr["l2"].ejectedUntil.Store(time.Now().Add(time.Minute).UnixNano())
+	set.lookup("l2").ejectedUntil.Store(time.Now().Add(time.Minute).UnixNano())
 	if e, _ := u.pick(set, nil); e.addr != "r1" {
 		t.Fatalf("picked %s with the local cluster ejected, want the remote one", e.addr)
 	}
 	// With everything ejected, ejection is ignored rather than failing.
-	set.byAddr["r1"].ejectedUntil.Store(time.Now().Add(time.Minute).UnixNano())
+	set.lookup("r1").ejectedUntil.Store(time.Now().Add(time.Minute).UnixNano())
 	if _, err := u.pick(set, nil); err != nil {
 		t.Fatalf("all ejected: %v", err)
 	}
 	// avoid: a retry goes elsewhere when it can.
 	fresh := testSet([]string{"l1", "l2"})
 	for range 10 {
-		if e, _ := u.pick(fresh, fresh.byAddr["l1"]); e.addr != "l2" {
+		if e, _ := u.pick(fresh, fresh.lookup("l1")); e.addr != "l2" {
 			t.Fatalf("a retry avoiding l1 picked %s", e.addr)
 		}
 	}
@@ -159,7 +160,7 @@ func TestLeastRequest(t *testing.T) {
 	u := &upstream{dest: "default/web"}
 	u.lb.Store(int32(meshfedv1.LoadBalancer_LOAD_BALANCER_LEAST_REQUEST))
 	set := testSet([]string{"busy", "idle"})
-	set.byAddr["busy"].inflight.Store(10)
+	set.lookup("busy").inflight.Store(10)
 	counts := map[string]int{}
 	for range 1000 {
 		e, _ := u.pick(set, nil)
@@ -187,18 +188,18 @@ func TestUpdateKeepsEndpointState(t *testing.T) {
 		&meshfedv1.Endpoint{Address: "10.0.0.3", Port: 15443, SpiffeId: "not an id", Health: meshfedv1.HealthStatus_HEALTH_STATUS_HEALTHY},
 	))
 	set := u.set.Load()
-	if set.healthy != 1 || set.byAddr["10.0.0.1:15443"] == nil {
-		t.Fatalf("only the healthy endpoint with a valid identity is used: %+v", set.byAddr)
+	if set.healthy != 1 || set.lookup("10.0.0.1:15443") == nil {
+		t.Fatalf("only the healthy endpoint with a valid identity is used: %+v", set.all)
 	}
 	if !u.resolved.Load() {
 		t.Fatal("not marked resolved")
 	}
-	set.byAddr["10.0.0.1:15443"].inflight.Store(3)
+	set.lookup("10.0.0.1:15443").inflight.Store(3)
 	u.update(resp(
 		&meshfedv1.Endpoint{Address: "10.0.0.1", Port: 15443, SpiffeId: id, Health: meshfedv1.HealthStatus_HEALTH_STATUS_HEALTHY},
 		&meshfedv1.Endpoint{Address: "10.0.0.4", Port: 15443, SpiffeId: id, Health: meshfedv1.HealthStatus_HEALTH_STATUS_HEALTHY},
 	))
-	if got := u.set.Load().byAddr["10.0.0.1:15443"].inflight.Load(); got != 3 {
+	if got := u.set.Load().lookup("10.0.0.1:15443").inflight.Load(); got != 3 {
 		t.Fatalf("in-flight count after an update: %d, want 3", got)
 	}
 }
@@ -275,8 +276,45 @@ func TestRoundTripAllEndpointsRefuse(t *testing.T) {
 	}
 	now := time.Now().UnixNano()
 	for _, a := range addrs {
-		if u.set.Load().byAddr[a].ejectedUntil.Load() <= now {
+		if u.set.Load().lookup(a).ejectedUntil.Load() <= now {
 			t.Errorf("endpoint %s was not ejected", a)
 		}
+	}
+}
+
+// TestEndpointSetIndex: a set is searched while small and indexed once
+// it grows; either way a repeated address is refused and every identity
+// is listed once.
+func TestEndpointSetIndex(t *testing.T) {
+	id := spiffeid.RequireFromString("spiffe://east.mesh/ns/default/sa/web")
+	other := spiffeid.RequireFromString("spiffe://west.mesh/ns/default/sa/web")
+	set := &endpointSet{}
+	for i := range 20 {
+		eid := id
+		if i%2 == 1 {
+			eid = other
+		}
+		addr := fmt.Sprintf("10.0.0.%d:15443", i)
+		if !set.add(&endpoint{addr: addr, id: eid}) {
+			t.Fatalf("add %s refused", addr)
+		}
+		if set.add(&endpoint{addr: addr, id: eid}) {
+			t.Fatalf("a second %s was added", addr)
+		}
+		if indexed := set.byAddr != nil; indexed != (i >= smallSet) {
+			t.Fatalf("%d endpoints: indexed = %v", i+1, indexed)
+		}
+		for j := 0; j <= i; j++ {
+			a := fmt.Sprintf("10.0.0.%d:15443", j)
+			if ep := set.lookup(a); ep == nil || ep.addr != a {
+				t.Fatalf("%d endpoints: lookup(%s) = %v", i+1, a, ep)
+			}
+		}
+	}
+	if set.lookup("10.0.0.99:15443") != nil || (*endpointSet)(nil).lookup("x") != nil {
+		t.Fatal("lookup of an unknown address found something")
+	}
+	if len(set.all) != 20 || len(set.ids) != 2 {
+		t.Fatalf("all = %d, ids = %v", len(set.all), set.ids)
 	}
 }

@@ -62,9 +62,11 @@ func (p *Proxy) watchSettings(ctx context.Context) error {
 }
 
 // followNamed reads a watch stream of named resources and keeps the
-// current set; after the initial snapshot, and after every change from
-// then on, it hands apply the whole set.
-func followNamed[R interface{ GetMeta() *meshfedv1.Meta }](recv func() (meshfedv1.WatchEventType, R, error), apply func(map[string]R)) error {
+// current set of those keep accepts (nil keeps all); after the initial
+// snapshot, and after every change from then on, it hands apply the whole
+// set. A resource that keep turns down is not held: a proxy in a
+// namespace of a thousand policies keeps only its own.
+func followNamed[R interface{ GetMeta() *meshfedv1.Meta }](recv func() (meshfedv1.WatchEventType, R, error), keep func(R) bool, apply func(map[string]R)) error {
 	items := map[string]R{}
 	synced := false
 	for {
@@ -74,7 +76,12 @@ func followNamed[R interface{ GetMeta() *meshfedv1.Meta }](recv func() (meshfedv
 		}
 		switch typ {
 		case meshfedv1.WatchEventType_WATCH_EVENT_TYPE_UPSERT:
-			items[item.GetMeta().GetName()] = item
+			if keep == nil || keep(item) {
+				items[item.GetMeta().GetName()] = item
+			} else {
+				// It may have been kept before this change.
+				delete(items, item.GetMeta().GetName())
+			}
 		case meshfedv1.WatchEventType_WATCH_EVENT_TYPE_DELETE:
 			delete(items, item.GetMeta().GetName())
 		case meshfedv1.WatchEventType_WATCH_EVENT_TYPE_END_OF_SNAPSHOT:
@@ -98,7 +105,13 @@ func (p *Proxy) watchPolicies(ctx context.Context) error {
 		ev, err := st.Recv()
 		return ev.GetType(), ev.GetPolicy(), err
 	}
-	return followNamed(recv, func(policies map[string]*meshfedv1.AuthorizationPolicy) {
+	// Only policies for this service (or every service) decide anything
+	// here; authz.Compile would skip the others.
+	mine := func(pol *meshfedv1.AuthorizationPolicy) bool {
+		d := pol.GetDestination()
+		return d == "*" || d == p.cfg.Service
+	}
+	return followNamed(recv, mine, func(policies map[string]*meshfedv1.AuthorizationPolicy) {
 		list := make([]*meshfedv1.AuthorizationPolicy, 0, len(policies))
 		for _, pol := range policies {
 			list = append(list, pol)
@@ -143,7 +156,7 @@ func (p *Proxy) watchTraffic(ctx context.Context, namespace string) error {
 		ev, err := st.Recv()
 		return ev.GetType(), ev.GetPolicy(), err
 	}
-	return followNamed(recv, func(policies map[string]*meshfedv1.TrafficPolicy) {
+	return followNamed(recv, nil, func(policies map[string]*meshfedv1.TrafficPolicy) {
 		byDest := map[string]*meshfedv1.TrafficPolicy{}
 		for _, tp := range policies {
 			byDest[tp.GetDestination()] = tp

@@ -16,7 +16,7 @@ import (
 const EnvBinDir = "MESHFED_TEST_BIN_DIR"
 
 // BuildTags are the tags the binaries are built with.
-const BuildTags = "hashicorpmetrics"
+const BuildTags = "hashicorpmetrics,grpcnotrace"
 
 // binaries are the main packages built, if present in the module.
 var binaries = []string{"meshfed", "meshfed-proxy"}
