@@ -253,6 +253,7 @@ func (in *inbound) serveH1(tc net.Conn, caller spiffeid.ID) {
 				in.p.m.observe("inbound", source, in.dest, http.StatusBadGateway, time.Since(start))
 				return
 			}
+			c = rawIO(c)
 			app = &appConn{c: c, br: bufio.NewReaderSize(c, 4096), bw: bufio.NewWriterSize(c, 4096)}
 		}
 		err = req.Write(app.bw)

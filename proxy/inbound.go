@@ -110,7 +110,13 @@ func newInbound(p *Proxy) (*inbound, error) {
 func appTransport(grpc bool) *http.Transport {
 	t := &http.Transport{
 		Proxy:               nil,
-		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return rawIO(c), nil
+		},
 		MaxIdleConns:        1024,
 		MaxIdleConnsPerHost: 1024,
 		IdleConnTimeout:     90 * time.Second,
@@ -144,7 +150,7 @@ func (in *inbound) serve() {
 			return
 		}
 		in.p.m.connections.WithLabelValues("inbound").Inc()
-		go in.handle(c)
+		go in.handle(rawIO(c))
 	}
 }
 
@@ -217,6 +223,9 @@ func (in *inbound) serveTCP(c net.Conn, caller spiffeid.ID) {
 		return
 	}
 	app, err := net.DialTimeout("tcp", net.JoinHostPort(in.p.cfg.AppHost, strconv.Itoa(in.p.cfg.AppPort)), 5*time.Second)
+	if err == nil {
+		app = rawIO(app)
+	}
 	if err != nil {
 		in.p.log.Warn("connecting to the app", "err", err)
 		in.p.m.observe("inbound", principalLabel(caller), in.dest, 0, time.Since(start))

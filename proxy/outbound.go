@@ -375,6 +375,7 @@ func (u *upstream) dialTLS(ctx context.Context, addr string, h2 bool) (net.Conn,
 	if err != nil {
 		return nil, &connectError{err}
 	}
+	raw = rawIO(raw)
 	tc := tls.Client(raw, cfg)
 	hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
 	defer cancel()
@@ -516,6 +517,7 @@ func (u *upstream) proxyError(w http.ResponseWriter, r *http.Request, err error)
 // resolution is known, the connection waits for it (at most the connect
 // timeout).
 func (u *upstream) accept(c net.Conn) {
+	c = rawIO(c)
 	u.p.m.connections.WithLabelValues("outbound").Inc()
 	set, err := u.current(context.Background())
 	if err != nil {
