@@ -209,6 +209,12 @@ func (in *inbound) serveH1(tc net.Conn, caller spiffeid.ID) {
 	br := bufio.NewReaderSize(tc, 4096)
 	bw := bufio.NewWriterSize(tc, 4096)
 	source := principalLabel(caller)
+	// The caller is the connection's: its header value is made once (the
+	// slice is only read by Request.Write).
+	var xfcc []string
+	if !caller.IsZero() {
+		xfcc = []string{authz.XFCC(in.p.self, caller)}
+	}
 	appAddr := net.JoinHostPort(in.p.cfg.AppHost, strconv.Itoa(in.p.cfg.AppPort))
 	for {
 		req, err := readRequest(tc, br)
@@ -241,8 +247,8 @@ func (in *inbound) serveH1(tc net.Conn, caller spiffeid.ID) {
 		}
 		prepareRequest(req)
 		delete(req.Header, "X-Forwarded-Client-Cert")
-		if !caller.IsZero() {
-			req.Header["X-Forwarded-Client-Cert"] = []string{authz.XFCC(in.p.self, caller)}
+		if xfcc != nil {
+			req.Header["X-Forwarded-Client-Cert"] = xfcc
 		}
 		code := 0
 		if app == nil {
@@ -297,6 +303,26 @@ func (in *inbound) serveH1(tc net.Conn, caller spiffeid.ID) {
 }
 
 // ---- outbound ----
+
+// bodyBufs recycles the buffers that keep small request bodies for a
+// retry, so that a request does not allocate one.
+var bodyBufs = sync.Pool{New: func() any { b := make([]byte, 0, bodyBufSize); return &b }}
+
+const bodyBufSize = 8 << 10
+
+func getBodyBuf(n int) []byte {
+	if n > bodyBufSize {
+		return make([]byte, n)
+	}
+	return (*bodyBufs.Get().(*[]byte))[:n]
+}
+
+func putBodyBuf(b []byte) {
+	if cap(b) == bodyBufSize {
+		b = b[:0]
+		bodyBufs.Put(&b)
+	}
+}
 
 // upConn is a kept-alive mTLS connection to an endpoint.
 type upConn struct {
@@ -407,7 +433,8 @@ func (u *upstream) forwardH1(req *http.Request, bw *bufio.Writer) bool {
 	var body []byte
 	replay := req.ContentLength == 0
 	if req.ContentLength > 0 && req.ContentLength <= maxReplayBody {
-		body = make([]byte, req.ContentLength)
+		body = getBodyBuf(int(req.ContentLength))
+		defer putBodyBuf(body)
 		if _, err := io.ReadFull(req.Body, body); err != nil {
 			return fail(http.StatusBadRequest, "reading the request body: "+err.Error())
 		}

@@ -142,3 +142,30 @@ func pair(t *testing.T, ln net.Listener) (net.Conn, net.Conn) {
 	}
 	return rawIO(d), p
 }
+
+// TestRawIOConnAllocs: a write and a read on a kept-alive connection
+// allocate nothing.
+func TestRawIOConnAllocs(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	a, b := pair(t, ln)
+	defer a.Close()
+	defer b.Close()
+	b = rawIO(b)
+	msg := []byte("ping")
+	buf := make([]byte, 16)
+	allocs := testing.AllocsPerRun(200, func() {
+		if _, err := a.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(b, buf[:len(msg)]); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if allocs != 0 {
+		t.Fatalf("%.1f allocations per write and read, want 0", allocs)
+	}
+}
