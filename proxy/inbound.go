@@ -109,7 +109,7 @@ func newInbound(p *Proxy) (*inbound, error) {
 // HTTP/2 without TLS for gRPC.
 func appTransport(grpc bool) *http.Transport {
 	t := &http.Transport{
-		Proxy:               nil,
+		Proxy: nil,
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			c, err := (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext(ctx, network, addr)
 			if err != nil {

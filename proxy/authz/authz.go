@@ -199,10 +199,12 @@ func (e *Engine) add(ix *index, policy, reason string, r *meshfedv1.Authorizatio
 		if !validPath(p) {
 			return false
 		}
-		if s, ok := strings.CutSuffix(p, "*"); ok {
+		// Compared with request paths in the same normal form.
+		np, _ := normalizeEscapes(p, false)
+		if s, ok := strings.CutSuffix(np, "*"); ok {
 			cr.paths = append(cr.paths, pathPattern{s: s, prefix: true})
 		} else {
-			cr.paths = append(cr.paths, pathPattern{s: p})
+			cr.paths = append(cr.paths, pathPattern{s: np})
 		}
 	}
 
@@ -319,8 +321,12 @@ func (e *Engine) Decide(r Request) Decision {
 		if i := strings.IndexByte(path, '?'); i >= 0 {
 			path = path[:i]
 		}
-		if e.pathRules && !canonical(path) {
-			return Decision{Reason: ReasonNonCanonicalPath}
+		if e.pathRules {
+			np, ok := normalizeEscapes(path, true)
+			if !ok || !canonical(np) {
+				return Decision{Reason: ReasonNonCanonicalPath}
+			}
+			path = np
 		}
 		q = query{mode: modeL7, method: methodBit(r.Method), path: path}
 	}
@@ -453,6 +459,63 @@ func methodBit(m string) uint16 {
 
 // canonical reports whether path starts with '/' and has no empty, "." or
 // ".." segment; a trailing '/' is fine.
+// normalizeEscapes decodes a path's percent-encodings once, as the
+// application will before it routes the request: "/%61dmin" must meet the
+// rules for "/admin", and "/a%2Bb" those for "/a+b". (Decoding only the
+// unreserved characters, as RFC 3986's normal form does, would let an
+// encoded "+" or ":" past a rule that names it.) Rule paths are decoded
+// the same way, so a rule may be written either way.
+//
+// For a request path (request true), ok is false when an encoding is
+// malformed or encodes "/" or "\\": whether an application splits path
+// segments before or after decoding those differs, so a path with them
+// cannot be matched safely (Istio's REJECT for escaped slashes). A rule's
+// path never fails: a malformed encoding stays as written.
+func normalizeEscapes(p string, request bool) (string, bool) {
+	i := strings.IndexByte(p, '%')
+	if i < 0 {
+		return p, true
+	}
+	b := make([]byte, 0, len(p))
+	b = append(b, p[:i]...)
+	for ; i < len(p); i++ {
+		c := p[i]
+		if c != '%' {
+			b = append(b, c)
+			continue
+		}
+		if i+2 >= len(p) || !isHex(p[i+1]) || !isHex(p[i+2]) {
+			if request {
+				return "", false
+			}
+			b = append(b, c)
+			continue
+		}
+		d := unhex(p[i+1])<<4 | unhex(p[i+2])
+		if request && (d == '/' || d == '\\') {
+			return "", false
+		}
+		b = append(b, d)
+		i += 2
+	}
+	return string(b), true
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}
+
+func unhex(c byte) byte {
+	switch {
+	case c <= '9':
+		return c - '0'
+	case c <= 'F':
+		return c - 'A' + 10
+	default:
+		return c - 'a' + 10
+	}
+}
+
 func canonical(path string) bool {
 	if path == "" || path[0] != '/' {
 		return false

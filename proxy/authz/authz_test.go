@@ -258,8 +258,11 @@ func TestDecide(t *testing.T) {
 				deniedBy(http(frontend, "GET", "/admin"), "default/deny-admin"),
 				deniedBy(http(frontend, "GET", "/admin?x=/public"), "default/deny-admin"),
 				byDefault(http(frontend, "GET", "/admin/"), true),
-				// No percent-decoding: compared as sent.
-				byDefault(http(frontend, "GET", "/%61dmin"), true),
+				// Encoded unreserved characters are decoded first, as
+				// the application will.
+				deniedBy(http(frontend, "GET", "/%61dmin"), "default/deny-admin"),
+				deniedBy(http(frontend, "GET", "/%61%64%6D%69%6e?x"), "default/deny-admin"),
+				byDefault(http(frontend, "GET", "/%41dmin"), true),
 			},
 		},
 		{
@@ -284,6 +287,19 @@ func TestDecide(t *testing.T) {
 				nonCanonical(http(frontend, "GET", "http://web/admin")),
 				nonCanonical(http(frontend, "GET", "/a/../b?x")),
 				nonCanonical(http(plain, "GET", "/a//b")),
+				// Encoded dots are dots; encoded slashes and backslashes,
+				// and malformed encodings, cannot be matched safely.
+				nonCanonical(http(frontend, "GET", "/public/%2e%2e/admin")),
+				nonCanonical(http(frontend, "GET", "/public/.%2E/admin")),
+				nonCanonical(http(frontend, "GET", "/public%2fx")),
+				nonCanonical(http(frontend, "GET", "/public%2F..%2Fadmin")),
+				nonCanonical(http(frontend, "GET", "/public%5c..%5cadmin")),
+				nonCanonical(http(frontend, "GET", "/public/%")),
+				nonCanonical(http(frontend, "GET", "/public/%4")),
+				nonCanonical(http(frontend, "GET", "/public/%zz")),
+				allowedBy(http(frontend, "GET", "/a%20b/%e2%82%ac"), "default/all"),
+				deniedBy(http(frontend, "GET", "/%61dmin%2Bx"), "default/deny-admin"),
+				allowedBy(http(frontend, "GET", "/a/%2E%2Eb"), "default/all"),
 				// Dots inside names and in the query are fine.
 				allowedBy(http(frontend, "GET", "/"), "default/all"),
 				allowedBy(http(frontend, "GET", "/public/"), "default/all"),
@@ -659,6 +675,51 @@ func TestDecideDoesNotAllocate(t *testing.T) {
 		}
 		if n := testing.AllocsPerRun(100, func() { e.AllowsConnection(r.req.Principal, true) }); n != 0 {
 			t.Errorf("AllowsConnection(%s): %v allocs", fmtReq(r.req), n)
+		}
+	}
+}
+
+func TestNormalizeEscapes(t *testing.T) {
+	for _, c := range []struct {
+		in      string
+		request bool
+		want    string
+		ok      bool
+	}{
+		{"/plain/path", true, "/plain/path", true},
+		{"/%61dmin", true, "/admin", true},
+		{"/%7e%2D%2e%5F%30", true, "/~-._0", true},
+		{"/a%20b%e2%82%ac%2B%3a%25", true, "/a b€+:%", true},
+		{"/a%2561", true, "/a%61", true}, // once, not twice
+		{"/a%2fb", true, "", false},
+		{"/a%5Cb", true, "", false},
+		{"/a%", true, "", false},
+		{"/a%4", true, "", false},
+		{"/a%g1", true, "", false},
+		// Rules: decoded too, slashes included; malformed stays.
+		{"/a%2fb", false, "/a/b", true},
+		{"/a%zz/%61*", false, "/a%zz/a*", true},
+		{"/a%", false, "/a%", true},
+	} {
+		got, ok := normalizeEscapes(c.in, c.request)
+		if got != c.want || ok != c.ok {
+			t.Errorf("normalizeEscapes(%q, %v) = %q, %v; want %q, %v", c.in, c.request, got, ok, c.want, c.ok)
+		}
+	}
+}
+
+// A rule written with encodings matches the same path however a request
+// encodes it.
+func TestEncodedRulePaths(t *testing.T) {
+	e := Compile(web, allowA, []*meshfedv1.AuthorizationPolicy{
+		denyP("deny", &rl{Principals: ss("*"), Paths: ss("/files/a%2bb", "/%7Euser/*")}),
+	})
+	for path, denied := range map[string]bool{
+		"/files/a%2Bb": true, "/files/a%2bb": true, "/files/a+b": true, "/files/a%2Bc": false,
+		"/~user/x": true, "/%7euser/": true, "/%7Euser": false,
+	} {
+		if d := e.Decide(http(frontend, "GET", path)); d.Allow == denied {
+			t.Errorf("%s: %+v, want denied = %v", path, d, denied)
 		}
 	}
 }

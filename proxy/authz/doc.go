@@ -59,20 +59,23 @@
 //
 // A path pattern matches exactly, or, when it ends in "*", as a prefix of
 // the request path ("/api/*" matches "/api/" and "/api/v1/x" but not "/api").
-// A query string is cut off at the first '?'. Otherwise paths are compared
-// as sent, case-sensitively and without percent-decoding ("/%61dmin" is not
-// "/admin"), the same as Envoy's default exact and prefix matchers.
+// A query string is cut off at the first '?'. The rest of the path is
+// percent-decoded once, as the application will decode it before routing,
+// and then compared case-sensitively: "/%61dmin" and "/admin" are the same
+// path, and so are "/a%2Bb" and "/a+b". Rule paths are decoded the same way,
+// so a rule may be written either way. (Envoy's matchers compare the path
+// as sent; Istio normalizes only some of it. Decoding it all means no
+// encoding of a character a rule names gets past that rule.)
 //
-// Because paths are not normalized, a path that is not in canonical form
-// could reach a path the rules would have matched once the application
-// resolves it ("/public/../admin"). When the engine holds any rule with
-// paths, an L7 request whose path (without query) is not canonical is
-// denied before any policy is evaluated, with the reason "non-canonical
-// path". Canonical means: it starts with "/", has no empty segment ("//"),
-// and no "." or ".." segment ("/./", "/../", or a trailing "/." or "/..").
-// Percent-encoded dots and slashes and backslashes are not decoded and not
-// treated specially: applications that decode them before routing should
-// not rely on path rules alone.
+// When the engine holds any rule with paths, an L7 request is denied
+// before any policy is evaluated, with the reason "non-canonical path",
+// when its path has a malformed percent-encoding, an encoded "/" or "\"
+// ("%2F", "%5C": applications disagree on whether those split segments),
+// or, once decoded, is not in canonical form: a path such as
+// "/public/../admin" or "/public/%2e%2e/admin" could reach a path the rules
+// would have matched once the application resolves it. Canonical means: it
+// starts with "/", has no empty segment ("//"), and no "." or ".." segment
+// ("/./", "/../", or a trailing "/." or "/..").
 //
 // # TCP services (non-L7 requests)
 //

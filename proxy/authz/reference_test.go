@@ -2,6 +2,7 @@ package authz
 
 import (
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -91,11 +92,37 @@ func refCanonical(p string) bool {
 		!strings.Contains(p+"/", "/./") && !strings.Contains(p+"/", "/../")
 }
 
+// refDecode decodes percent-encodings once. For a request, a malformed
+// one or an encoded slash or backslash fails it; for a rule, a malformed
+// one stays.
+func refDecode(p string, request bool) (string, bool) {
+	parts := strings.Split(p, "%")
+	out := parts[0]
+	for _, part := range parts[1:] {
+		v, err := strconv.ParseUint(part[:min(2, len(part))], 16, 8)
+		if len(part) < 2 || err != nil || strings.ContainsAny(part[:2], "+-") {
+			if request {
+				return "", false
+			}
+			out += "%" + part
+			continue
+		}
+		if request && (v == '/' || v == '\\') {
+			return "", false
+		}
+		out += string([]byte{byte(v)}) + part[2:]
+	}
+	return out, true
+}
+
 func (f *ref) decide(req Request) Decision {
 	id := req.Principal.String()
 	path, _, _ := strings.Cut(req.Path, "?")
-	if req.L7 && f.pathRules && !refCanonical(path) {
-		return Decision{Reason: ReasonNonCanonicalPath}
+	if req.L7 && f.pathRules {
+		var ok bool
+		if path, ok = refDecode(path, true); !ok || !refCanonical(path) {
+			return Decision{Reason: ReasonNonCanonicalPath}
+		}
 	}
 	matches := func(rr refRule, deny bool) bool {
 		if !slices.ContainsFunc(rr.r.GetPrincipals(), func(p string) bool { return refPrincipal(p, id, deny) }) {
@@ -111,6 +138,7 @@ func (f *ref) decide(req Request) Decision {
 			return false
 		}
 		return len(rr.r.GetPaths()) == 0 || slices.ContainsFunc(rr.r.GetPaths(), func(p string) bool {
+			p, _ = refDecode(p, false)
 			if pre, ok := strings.CutSuffix(p, "*"); ok {
 				return strings.HasPrefix(path, pre)
 			}
@@ -208,6 +236,9 @@ func FuzzDecide(f *testing.F) {
 		{prodAPI, "GET", "//", true, false, "spiffe://example.org/ns/prod/*/x", "get", "a", false},
 		{prodAPI, "GET", "/", true, false, "spiffe://example.org/ns/prod/*,*", "GET,HEAD", "/,/x*", false},
 		{"spiffe://other.org/x", "delete", "/x/.", true, false, "", "", "", false},
+		{frontend, "GET", "/%61dmin%2b", true, true, "*", "", "/admin+", true},
+		{frontend, "GET", "/a%2Fb", true, true, "*", "", "/a/b,/a%2fb", true},
+		{frontend, "GET", "/%2e%2E/x%zz", true, false, "*", "", "/x*,/%", false},
 	} {
 		f.Add(s.principal, s.method, s.path, s.l7, s.defAllow, s.rPrincipals, s.rMethods, s.rPaths, s.rDeny)
 	}

@@ -276,6 +276,17 @@ rules:
 	}); err != nil {
 		t.Fatal(err)
 	}
+	// Paths are decoded before they are matched: an encoded "/public" is
+	// allowed; an encoded way out of it is not.
+	for path, want := range map[string]int{
+		"/%70ublic/x":          http.StatusOK,
+		"/public/%2e%2e/admin": http.StatusForbidden,
+		"/public%2F..%2Fadmin": http.StatusForbidden,
+	} {
+		if code, _, err := get(cl.Upstream("web"), path); err != nil || code != want {
+			t.Fatalf("GET %s: %d %v, want %d", path, code, err, want)
+		}
+	}
 	if err := echoOnce(tcp, "and now\n"); err != nil {
 		t.Fatalf("TCP connection after the policies were replaced: %v", err)
 	}
