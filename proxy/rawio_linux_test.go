@@ -20,25 +20,8 @@ func TestRawIOConn(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			close(accepted)
-			return
-		}
-		accepted <- c
-	}()
-	dialed, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	peer, ok := <-accepted
-	if !ok {
-		t.Fatal("accept failed")
-	}
+	c, peer := pair(t, ln)
 	defer peer.Close()
-	c := rawIO(dialed)
 	defer c.Close()
 	if _, ok := c.(interface{ CloseWrite() error }); !ok {
 		t.Fatal("the wrapped connection lost CloseWrite")

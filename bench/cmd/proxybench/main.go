@@ -205,8 +205,8 @@ func run(cfg config) error {
 		}
 		mf.procs = pair.procs()
 		mf.fixCl, mf.maxCl = newClient(pair.upstream, cfg.conns), newClient(pair.upstream, cfg.concurrency)
-		mf.desc = fmt.Sprintf("meshfed %s: two meshfed-proxy processes (Go, GOMAXPROCS as the proxy sets it; Go's default is one per CPU: %d), a dev control plane (trust domain %s): load generator -> %s (plain HTTP/1.1, the client proxy's upstream listener) -> mutual TLS (SVIDs) -> server proxy %s -> app",
-			cp.c.Version, harness.NProc(), cp.td, pair.upstream, pair.server.listen)
+		mf.desc = fmt.Sprintf("meshfed %s: two meshfed-proxy processes (Go; one scheduler thread unless GOMAXPROCS is set, here %q), a dev control plane (trust domain %s): load generator -> %s (plain HTTP/1.1, the client proxy's upstream listener) -> mutual TLS (SVIDs) -> server proxy %s -> app",
+			cp.c.Version, os.Getenv("GOMAXPROCS"), cp.td, pair.upstream, pair.server.listen)
 		harness.Logf("meshfed pair ready: client proxy pid %d (upstream %s), server proxy pid %d (%s)", pair.client.p.PID(), pair.upstream, pair.server.p.PID(), pair.server.listen)
 	}
 
