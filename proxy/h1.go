@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -121,34 +120,6 @@ func (t *h1Tracker) shutdown(ctx context.Context) {
 	}
 }
 
-// hopByHop are headers that describe one connection, not the message.
-var hopByHop = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
-
-func removeHopByHop(h http.Header) {
-	for _, v := range h["Connection"] {
-		for _, f := range strings.Split(v, ",") {
-			if f = strings.TrimSpace(f); f != "" {
-				h.Del(f)
-			}
-		}
-	}
-	for _, k := range hopByHop {
-		delete(h, k)
-	}
-}
-
-// prepareRequest readies a request read from one side for the other.
-func prepareRequest(req *http.Request) {
-	removeHopByHop(req.Header)
-	// The body is sent at once: no 100 Continue to wait for.
-	delete(req.Header, "Expect")
-	// Request.Write adds a Go user agent to a request without one.
-	if _, ok := req.Header["User-Agent"]; !ok {
-		req.Header["User-Agent"] = []string{""}
-	}
-	req.Close = false
-}
-
 func writeH1Error(bw *bufio.Writer, code int, msg string, close bool) error {
 	body := msg + "\n"
 	resp := &http.Response{
@@ -164,14 +135,66 @@ func writeH1Error(bw *bufio.Writer, code int, msg string, close bool) error {
 	return bw.Flush()
 }
 
-// readRequest reads the next request, closing a connection idle for too long.
-func readRequest(c net.Conn, br *bufio.Reader) (*http.Request, error) {
+// readH1Request reads the next request head, closing a connection idle
+// for too long.
+func readH1Request(c net.Conn, br *bufio.Reader, h *h1Head) error {
 	_ = c.SetReadDeadline(time.Now().Add(h1IdleTimeout))
 	if _, err := br.Peek(1); err != nil {
-		return nil, err
+		return err
 	}
 	_ = c.SetReadDeadline(time.Time{})
-	return http.ReadRequest(br)
+	return h.readHead(br, true)
+}
+
+// answerBadRequest answers a request that could not be read, when the
+// reason is the request's (a malformed or oversized head) rather than the
+// connection's.
+func answerBadRequest(bw *bufio.Writer, err error) {
+	var he *h1Error
+	switch {
+	case errors.As(err, &he):
+		_ = writeH1Error(bw, he.code, he.msg, true)
+	case !quietError(err):
+		_ = writeH1Error(bw, http.StatusBadRequest, "bad request", true)
+	}
+}
+
+// readResponse reads the response to a request from an app or an
+// endpoint, forwarding interim (1xx) responses to bw on the way.
+func readResponse(br *bufio.Reader, bw *bufio.Writer, req, resp *h1Head) error {
+	for {
+		if err := resp.readHead(br, false); err != nil {
+			return err
+		}
+		if resp.code == http.StatusSwitchingProtocols {
+			return errors.New("101 Switching Protocols to a request without Upgrade")
+		}
+		if resp.code >= 200 {
+			resp.responseBody(req.method)
+			return nil
+		}
+		resp.writeResponseHead(bw, false, false)
+		if err := bw.Flush(); err != nil {
+			return err
+		}
+	}
+}
+
+// writeResponse writes a response and its body to the client; it reports
+// whether the client's connection can carry another request.
+func writeResponse(bw *bufio.Writer, from *bufio.Reader, req, resp *h1Head, closeClient bool) (bool, error) {
+	// An HTTP/1.0 client cannot read a chunked body, nor a body that
+	// ends when the connection does unless the connection then ends.
+	dechunk := req.minor == 0 && resp.body == bodyChunked
+	if dechunk || resp.body == bodyUntilClose || req.close {
+		closeClient = true
+	}
+	resp.writeResponseHead(bw, closeClient, dechunk)
+	err := copyBody(bw, from, resp, dechunk)
+	if ferr := bw.Flush(); err == nil {
+		err = ferr
+	}
+	return err == nil && !closeClient, err
 }
 
 func quietError(err error) bool {
@@ -209,48 +232,41 @@ func (in *inbound) serveH1(tc net.Conn, caller spiffeid.ID) {
 	br := bufio.NewReaderSize(tc, 4096)
 	bw := bufio.NewWriterSize(tc, 4096)
 	source := principalLabel(caller)
-	// The caller is the connection's: its header value is made once (the
-	// slice is only read by Request.Write).
-	var xfcc []string
+	// The caller is the connection's: its header value is made once.
+	xfcc := ""
 	if !caller.IsZero() {
-		xfcc = []string{authz.XFCC(in.p.self, caller)}
+		xfcc = authz.XFCC(in.p.self, caller)
 	}
 	appAddr := net.JoinHostPort(in.p.cfg.AppHost, strconv.Itoa(in.p.cfg.AppPort))
+	var req, resp h1Head
 	for {
-		req, err := readRequest(tc, br)
-		if err != nil {
-			if !quietError(err) {
-				_ = writeH1Error(bw, http.StatusBadRequest, "bad request", true)
-			}
+		if err := readH1Request(tc, br, &req); err != nil {
+			answerBadRequest(bw, err)
 			return
 		}
 		hc.active.Store(true)
 		start := time.Now()
-		path := req.URL.EscapedPath()
-		closeAfter := req.Close || in.h1.isClosing()
-		d := in.p.engine.Load().Decide(authz.Request{Principal: caller, L7: true, Method: req.Method, Path: path})
+		closeAfter := req.close || in.h1.isClosing()
+		d := in.p.engine.Load().Decide(authz.Request{Principal: caller, L7: true, Method: string(req.method), Path: string(req.path())})
 		if !d.Allow {
-			// Read what is left of a small body so the connection can
-			// serve the next request; close it otherwise.
-			n, _ := io.Copy(io.Discard, io.LimitReader(req.Body, maxReplayBody+1))
-			if n > maxReplayBody {
+			// Skip a small body so the connection can serve the next
+			// request; close it otherwise.
+			if req.body == bodyLength && req.length <= maxReplayBody {
+				if _, err := br.Discard(int(req.length)); err != nil {
+					closeAfter = true
+				}
+			} else if req.body != bodyNone {
 				closeAfter = true
 			}
 			werr := writeH1Error(bw, http.StatusForbidden, "RBAC: access denied", closeAfter)
 			in.p.m.observe("inbound", source, in.dest, http.StatusForbidden, time.Since(start))
-			in.deny(caller, req.Method, path, d, start, tc.RemoteAddr().String())
+			in.deny(caller, string(req.method), string(req.path()), d, start, tc.RemoteAddr().String())
 			if werr != nil || closeAfter {
 				return
 			}
 			hc.active.Store(false)
 			continue
 		}
-		prepareRequest(req)
-		delete(req.Header, "X-Forwarded-Client-Cert")
-		if xfcc != nil {
-			req.Header["X-Forwarded-Client-Cert"] = xfcc
-		}
-		code := 0
 		if app == nil {
 			c, err := net.DialTimeout("tcp", appAddr, 5*time.Second)
 			if err != nil {
@@ -262,30 +278,35 @@ func (in *inbound) serveH1(tc net.Conn, caller spiffeid.ID) {
 			c = rawIO(c)
 			app = &appConn{c: c, br: bufio.NewReaderSize(c, 4096), bw: bufio.NewWriterSize(c, 4096)}
 		}
-		err = req.Write(app.bw)
+		if xfcc != "" {
+			req.writeRequestHead(app.bw, "X-Forwarded-Client-Cert", "X-Forwarded-Client-Cert", xfcc)
+		} else {
+			req.writeRequestHead(app.bw, "X-Forwarded-Client-Cert")
+		}
+		err := copyBody(app.bw, br, &req, false)
+		var he *h1Error
+		if err != nil && errors.As(err, &he) {
+			// The caller's body was malformed.
+			_ = writeH1Error(bw, he.code, he.msg, true)
+			in.p.m.observe("inbound", source, in.dest, he.code, time.Since(start))
+			return
+		}
 		if err == nil {
 			err = app.bw.Flush()
 		}
-		var resp *http.Response
 		if err == nil {
-			resp, err = http.ReadResponse(app.br, req)
+			err = readResponse(app.br, bw, &req, &resp)
 		}
 		if err != nil {
-			in.p.log.Warn("forwarding to the app failed", "err", err, "path", path)
+			in.p.log.Warn("forwarding to the app failed", "err", err, "path", string(req.path()))
 			_ = writeH1Error(bw, http.StatusBadGateway, "app unavailable", true)
 			in.p.m.observe("inbound", source, in.dest, http.StatusBadGateway, time.Since(start))
 			return
 		}
-		removeHopByHop(resp.Header)
-		appClose := resp.Close
-		resp.Close = closeAfter
-		werr := resp.Write(bw)
-		if werr == nil {
-			werr = bw.Flush()
-		}
-		resp.Body.Close()
-		code = resp.StatusCode
-		if appClose {
+		appClose := resp.close
+		keep, werr := writeResponse(bw, app.br, &req, &resp, closeAfter)
+		code := resp.code
+		if appClose || werr != nil {
 			app.c.Close()
 			app = nil
 		}
@@ -293,9 +314,9 @@ func (in *inbound) serveH1(tc net.Conn, caller spiffeid.ID) {
 		in.p.m.observe("inbound", source, in.dest, code, dur)
 		if in.p.accessLogs() {
 			in.p.acc.write(&accessEntry{Direction: "inbound", Protocol: "http", Source: source, Dest: in.dest,
-				Method: req.Method, Path: path, Code: code, Duration: ms(dur), Peer: tc.RemoteAddr().String(), Decision: "allow"}, start)
+				Method: string(req.method), Path: string(req.path()), Code: code, Duration: ms(dur), Peer: tc.RemoteAddr().String(), Decision: "allow"}, start)
 		}
-		if werr != nil || closeAfter {
+		if !keep {
 			return
 		}
 		hc.active.Store(false)
@@ -385,27 +406,25 @@ func (u *upstream) serveH1(c net.Conn, br *bufio.Reader) {
 	defer u.h1.remove(hc)
 	defer c.Close()
 	bw := bufio.NewWriterSize(c, 4096)
+	var req, resp h1Head
 	for {
-		req, err := readRequest(c, br)
-		if err != nil {
-			if !quietError(err) {
-				_ = writeH1Error(bw, http.StatusBadRequest, "bad request", true)
-			}
+		if err := readH1Request(c, br, &req); err != nil {
+			answerBadRequest(bw, err)
 			return
 		}
 		hc.active.Store(true)
-		if !u.forwardH1(req, bw) || u.h1.isClosing() {
+		if !u.forwardH1(&req, &resp, br, bw) || u.h1.isClosing() {
 			return
 		}
 		hc.active.Store(false)
 	}
 }
 
-// forwardH1 forwards one request and writes the response; it reports
-// whether the app's connection can carry another request.
-func (u *upstream) forwardH1(req *http.Request, bw *bufio.Writer) bool {
+// forwardH1 forwards one request (its body read from br) and writes the
+// response to bw; it reports whether the app's connection can carry
+// another request.
+func (u *upstream) forwardH1(req, resp *h1Head, br *bufio.Reader, bw *bufio.Writer) bool {
 	start := time.Now()
-	path := req.URL.EscapedPath()
 	var ep *endpoint
 	code := 0
 	defer func() {
@@ -413,7 +432,7 @@ func (u *upstream) forwardH1(req *http.Request, bw *bufio.Writer) bool {
 		u.p.m.observe("outbound", u.p.self.String(), u.dest, code, dur)
 		if u.p.accessLogs() {
 			e := &accessEntry{Direction: "outbound", Protocol: "http", Source: u.p.self.String(), Dest: u.dest,
-				Method: req.Method, Path: path, Code: code, Duration: ms(dur)}
+				Method: string(req.method), Path: string(req.path()), Code: code, Duration: ms(dur)}
 			if ep != nil {
 				e.Upstream = ep.addr
 			}
@@ -425,23 +444,21 @@ func (u *upstream) forwardH1(req *http.Request, bw *bufio.Writer) bool {
 		_ = writeH1Error(bw, c, "upstream "+u.dest+": "+msg, true)
 		return false
 	}
-	if req.Header.Get("Upgrade") != "" {
+	if req.upgrade {
 		return fail(http.StatusNotImplemented, "protocol upgrades are not supported")
 	}
 	// Keep small bodies so the request can go to another endpoint after a
 	// connection failure.
 	var body []byte
-	replay := req.ContentLength == 0
-	if req.ContentLength > 0 && req.ContentLength <= maxReplayBody {
-		body = getBodyBuf(int(req.ContentLength))
+	replay := req.body == bodyNone
+	if req.body == bodyLength && req.length <= maxReplayBody {
+		body = getBodyBuf(int(req.length))
 		defer putBodyBuf(body)
-		if _, err := io.ReadFull(req.Body, body); err != nil {
+		if _, err := io.ReadFull(br, body); err != nil {
 			return fail(http.StatusBadRequest, "reading the request body: "+err.Error())
 		}
 		replay = true
 	}
-	clientClose := req.Close
-	prepareRequest(req)
 	ctx := context.Background()
 	if d := time.Duration(u.requestTimeout.Load()); d > 0 {
 		var cancel context.CancelFunc
@@ -476,17 +493,24 @@ func (u *upstream) forwardH1(req *http.Request, bw *bufio.Writer) bool {
 		if dl, ok := ctx.Deadline(); ok {
 			_ = uc.c.SetDeadline(dl)
 		}
-		if body != nil {
-			req.Body = io.NopCloser(bytes.NewReader(body))
-		}
 		ep.inflight.Add(1)
-		err = req.Write(uc.bw)
+		req.writeRequestHead(uc.bw, "")
+		if body != nil {
+			_, err = uc.bw.Write(body)
+		} else if err = copyBody(uc.bw, br, req, false); err != nil {
+			var he *h1Error
+			if errors.As(err, &he) {
+				// The app's own body was malformed.
+				ep.inflight.Add(-1)
+				uc.c.Close()
+				return fail(he.code, he.msg)
+			}
+		}
 		if err == nil {
 			err = uc.bw.Flush()
 		}
-		var resp *http.Response
 		if err == nil {
-			resp, err = http.ReadResponse(uc.br, req)
+			err = readResponse(uc.br, bw, req, resp)
 		}
 		if err != nil {
 			ep.inflight.Add(-1)
@@ -494,23 +518,17 @@ func (u *upstream) forwardH1(req *http.Request, bw *bufio.Writer) bool {
 			u.p.log.Debug("upstream request failed", "upstream", u.dest, "endpoint", ep.addr, "err", err)
 			continue
 		}
-		removeHopByHop(resp.Header)
-		upClose := resp.Close
-		resp.Close = clientClose || u.h1.isClosing()
-		werr := resp.Write(bw)
-		if werr == nil {
-			werr = bw.Flush()
-		}
-		resp.Body.Close()
+		upClose := resp.close
+		keep, werr := writeResponse(bw, uc.br, req, resp, u.h1.isClosing())
 		ep.inflight.Add(-1)
-		code = resp.StatusCode
+		code = resp.code
 		if upClose || werr != nil {
 			uc.c.Close()
 		} else {
 			_ = uc.c.SetDeadline(time.Time{})
 			ep.pool.put(uc)
 		}
-		return werr == nil && !resp.Close
+		return keep
 	}
 	u.p.log.Warn("upstream request failed", "upstream", u.dest, "err", err)
 	if errors.Is(err, context.DeadlineExceeded) {
