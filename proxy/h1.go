@@ -267,6 +267,9 @@ func (in *inbound) serveH1(tc net.Conn, caller spiffeid.ID) {
 			hc.active.Store(false)
 			continue
 		}
+		if continueIfExpected(bw, &req) != nil {
+			return
+		}
 		if app == nil {
 			c, err := net.DialTimeout("tcp", appAddr, 5*time.Second)
 			if err != nil {
@@ -446,6 +449,9 @@ func (u *upstream) forwardH1(req, resp *h1Head, br *bufio.Reader, bw *bufio.Writ
 	}
 	if req.upgrade {
 		return fail(http.StatusNotImplemented, "protocol upgrades are not supported")
+	}
+	if continueIfExpected(bw, req) != nil {
+		return false
 	}
 	// Keep small bodies so the request can go to another endpoint after a
 	// connection failure.

@@ -67,6 +67,9 @@ type h1Head struct {
 	upgrade  bool // an Upgrade header was present
 	hasHost  bool
 	teHeader bool // a Transfer-Encoding header was present
+	// expectContinue: the client waits for "100 Continue" before it
+	// sends the body.
+	expectContinue bool
 }
 
 // h1Error is a malformed message: code is the status to answer a request
@@ -117,6 +120,7 @@ func (h *h1Head) readHead(br *bufio.Reader, request bool) error {
 	h.code, h.minor, h.body, h.length = 0, 0, bodyNone, -1
 	h.close, h.upgrade, h.hasHost, h.teHeader = false, false, false, false
 	h.connNamed = h.connNamed[:0]
+	h.expectContinue = false
 
 	var first []byte
 	for {
@@ -262,6 +266,8 @@ func (h *h1Head) frame(request bool) error {
 			})
 		case asciiEqualFold(f.name, "Upgrade"):
 			h.upgrade = true
+		case asciiEqualFold(f.name, "Expect"):
+			h.expectContinue = request && asciiEqualFold(f.value, "100-continue")
 		case asciiEqualFold(f.name, "Host"):
 			if request && h.hasHost {
 				return badMessage("more than one Host header")
@@ -415,6 +421,17 @@ func writeField(bw *bufio.Writer, name, value []byte) {
 	bw.WriteString(": ")
 	bw.Write(value)
 	bw.WriteString("\r\n")
+}
+
+// continueIfExpected answers "Expect: 100-continue" at once: the proxy
+// reads the body before the next hop sees the request (so that a small
+// one can be sent again elsewhere), and the next hop does not see Expect.
+func continueIfExpected(bw *bufio.Writer, req *h1Head) error {
+	if !req.expectContinue || req.body == bodyNone || req.minor == 0 {
+		return nil
+	}
+	bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
+	return bw.Flush()
 }
 
 // copyBody copies a message's body from br to bw, as its framing says;

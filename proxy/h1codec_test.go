@@ -302,3 +302,25 @@ func FuzzH1Request(f *testing.F) {
 		}
 	})
 }
+
+func TestH1ExpectContinue(t *testing.T) {
+	for raw, want := range map[string]string{
+		"POST / HTTP/1.1\r\nHost: w\r\nExpect: 100-Continue\r\nContent-Length: 3\r\n\r\n": "HTTP/1.1 100 Continue\r\n\r\n",
+		"POST / HTTP/1.1\r\nHost: w\r\nExpect: 100-continue\r\n\r\n":                      "", // no body to wait for
+		"POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n":            "", // 1.0 has no 100
+		"POST / HTTP/1.1\r\nHost: w\r\nContent-Length: 3\r\n\r\n":                         "",
+	} {
+		h, _, err := readTestHead(t, raw, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out bytes.Buffer
+		bw := bufio.NewWriter(&out)
+		if err := continueIfExpected(bw, h); err != nil {
+			t.Fatal(err)
+		}
+		if out.String() != want {
+			t.Errorf("%q: wrote %q, want %q", raw, out.String(), want)
+		}
+	}
+}
