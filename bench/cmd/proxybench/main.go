@@ -43,8 +43,8 @@ type config struct {
 
 // Targets from the spec, printed next to the figures.
 const (
-	targetIdleRSS    = 20 << 20 // with targetServices known
-	targetServices   = 1000
+	targetIdleRSS  = 20 << 20 // with targetServices known
+	targetServices = 1000
 	// targetCPUPer1000 is "the proxy's CPU per 1,000 requests": each
 	// proxy of the pair (a sidecar's cost), both printed, the pair too.
 	targetCPUPer1000 = 60 * time.Millisecond
