@@ -350,7 +350,7 @@ func (h *h1Head) hopByHopField(name []byte) bool {
 	}
 	// Fields the Connection header names.
 	for _, t := range h.connNamed {
-		if bytesEqualFold(t, name) {
+		if bytes.EqualFold(t, name) {
 			return !asciiEqualFold(name, "Transfer-Encoding")
 		}
 	}
@@ -631,18 +631,6 @@ func asciiEqualFold(b []byte, s string) bool {
 	}
 	for i := 0; i < len(b); i++ {
 		if lower(b[i]) != lower(s[i]) {
-			return false
-		}
-	}
-	return true
-}
-
-func bytesEqualFold(a, b []byte) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if lower(a[i]) != lower(b[i]) {
 			return false
 		}
 	}
