@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -120,11 +121,17 @@ func (t *h1Tracker) shutdown(ctx context.Context) {
 	}
 }
 
-func writeH1Error(bw *bufio.Writer, code int, msg string, close bool) error {
+// writeH1Error answers with a short text body; extra are header names
+// and values, in pairs.
+func writeH1Error(bw *bufio.Writer, code int, msg string, close bool, extra ...string) error {
 	body := msg + "\n"
+	h := http.Header{"Content-Type": {"text/plain; charset=utf-8"}, "X-Content-Type-Options": {"nosniff"}}
+	for i := 0; i+1 < len(extra); i += 2 {
+		h.Set(extra[i], extra[i+1])
+	}
 	resp := &http.Response{
 		StatusCode: code, ProtoMajor: 1, ProtoMinor: 1,
-		Header:        http.Header{"Content-Type": {"text/plain; charset=utf-8"}, "X-Content-Type-Options": {"nosniff"}},
+		Header:        h,
 		Body:          io.NopCloser(strings.NewReader(body)),
 		ContentLength: int64(len(body)),
 		Close:         close,
@@ -267,6 +274,23 @@ func (in *inbound) serveH1(tc net.Conn, caller spiffeid.ID) {
 			hc.active.Store(false)
 			continue
 		}
+		if !in.p.rateAllow(start) {
+			// As for a denial: skip a small body, else close.
+			if req.body == bodyLength && req.length <= maxReplayBody {
+				if _, err := br.Discard(int(req.length)); err != nil {
+					closeAfter = true
+				}
+			} else if req.body != bodyNone {
+				closeAfter = true
+			}
+			werr := writeH1Error(bw, http.StatusTooManyRequests, "rate limited", closeAfter, "Retry-After", "1")
+			in.p.m.observe("inbound", source, in.dest, http.StatusTooManyRequests, time.Since(start))
+			if werr != nil || closeAfter {
+				return
+			}
+			hc.active.Store(false)
+			continue
+		}
 		if continueIfExpected(bw, &req) != nil {
 			return
 		}
@@ -354,6 +378,19 @@ type upConn struct {
 	br       *bufio.Reader
 	bw       *bufio.Writer
 	lastUsed time.Time
+	// lim counts the connection for the circuit breaker.
+	lim    *connLimiter
+	closed bool
+}
+
+// close closes the connection and uncounts it.
+func (uc *upConn) close() {
+	if uc.closed {
+		return
+	}
+	uc.closed = true
+	uc.c.Close()
+	uc.lim.closed()
 }
 
 type connPool struct {
@@ -361,19 +398,29 @@ type connPool struct {
 	idle []*upConn
 }
 
-func (p *connPool) get() *upConn {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	now := time.Now()
-	for len(p.idle) > 0 {
-		uc := p.idle[len(p.idle)-1]
-		p.idle = p.idle[:len(p.idle)-1]
-		if now.Sub(uc.lastUsed) < poolIdle {
-			return uc
-		}
-		uc.c.Close()
+// get returns a pooled connection used within idle (0: poolIdle), or nil.
+func (p *connPool) get(idle time.Duration) *upConn {
+	if idle <= 0 {
+		idle = poolIdle
 	}
-	return nil
+	now := time.Now()
+	p.mu.Lock()
+	var stale []*upConn
+	var uc *upConn
+	for len(p.idle) > 0 {
+		c := p.idle[len(p.idle)-1]
+		p.idle = p.idle[:len(p.idle)-1]
+		if now.Sub(c.lastUsed) < idle {
+			uc = c
+			break
+		}
+		stale = append(stale, c)
+	}
+	p.mu.Unlock()
+	for _, c := range stale {
+		c.close()
+	}
+	return uc
 }
 
 func (p *connPool) put(uc *upConn) {
@@ -381,11 +428,12 @@ func (p *connPool) put(uc *upConn) {
 	p.mu.Lock()
 	if len(p.idle) < poolSize {
 		p.idle = append(p.idle, uc)
+		uc.lim.freed()
 		uc = nil
 	}
 	p.mu.Unlock()
 	if uc != nil {
-		uc.c.Close()
+		uc.close()
 	}
 }
 
@@ -395,7 +443,7 @@ func (p *connPool) closeAll() {
 	p.idle = nil
 	p.mu.Unlock()
 	for _, uc := range idle {
-		uc.c.Close()
+		uc.close()
 	}
 }
 
@@ -425,9 +473,11 @@ func (u *upstream) serveH1(c net.Conn, br *bufio.Reader) {
 
 // forwardH1 forwards one request (its body read from br) and writes the
 // response to bw; it reports whether the app's connection can carry
-// another request.
+// another request. The destination's traffic policy decides faults,
+// circuit breaking, the version, timeouts and retries.
 func (u *upstream) forwardH1(req, resp *h1Head, br *bufio.Reader, bw *bufio.Writer) bool {
 	start := time.Now()
+	rt := u.route.Load()
 	var ep *endpoint
 	code := 0
 	defer func() {
@@ -465,39 +515,87 @@ func (u *upstream) forwardH1(req, resp *h1Head, br *bufio.Reader, bw *bufio.Writ
 		}
 		replay = true
 	}
+	// A request answered by the proxy itself keeps the app's connection
+	// when its body has been read.
+	answer := func(c int, msg string, extra ...string) bool {
+		code = c
+		keep := replay && !req.close && !u.h1.isClosing()
+		if writeH1Error(bw, c, msg, !keep, extra...) != nil {
+			return false
+		}
+		return keep
+	}
+	if rt.hasFault() {
+		abort, delay := rt.fault()
+		if abort != 0 {
+			return answer(abort, "fault injected", "X-Meshfed-Fault", "abort")
+		}
+		if delay > 0 {
+			t := time.NewTimer(delay)
+			<-t.C
+		}
+	}
+	if rt.maxRequests > 0 {
+		if u.inflight.Add(1) > rt.maxRequests {
+			u.inflight.Add(-1)
+			u.p.m.overflow.WithLabelValues(u.cfg.key()).Inc()
+			return answer(http.StatusServiceUnavailable, "upstream "+u.dest+": too many requests in flight (circuit breaker)", "X-Meshfed-Overloaded", "true")
+		}
+		defer u.inflight.Add(-1)
+	}
 	ctx := context.Background()
-	if d := time.Duration(u.requestTimeout.Load()); d > 0 {
+	if d := rt.requestTimeout; d > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, d)
 		defer cancel()
 	}
+	ctxDL, _ := ctx.Deadline()
 	set, err := u.current(ctx)
 	if err != nil {
 		return fail(http.StatusServiceUnavailable, err.Error())
 	}
+	version := rt.version()
 	var last *endpoint
-	for attempt := 0; attempt < 3; attempt++ {
-		if attempt > 0 && !replay {
-			break
+	for attempt := 1; ; attempt++ {
+		if attempt > 1 {
+			if !replay || attempt > rt.attempts {
+				break
+			}
+			if !sleepCtx(ctx, backoff(attempt-1)) {
+				err = ctx.Err()
+				break
+			}
+			set = u.set.Load()
 		}
-		ep, err = u.pick(set, last)
+		ep, err = u.pick(set, last, version)
 		if err != nil {
 			return fail(http.StatusServiceUnavailable, err.Error())
 		}
 		last = ep
-		uc := ep.pool.get()
-		if uc == nil {
-			tc, derr := u.dialTLS(ctx, ep.addr, false)
-			if derr != nil {
-				err = derr
-				u.eject(ep)
-				continue
+		uc, cerr := u.h1Conn(ctx, rt, ep)
+		if cerr != nil {
+			if errors.Is(cerr, errOverflow) {
+				u.p.m.overflow.WithLabelValues(u.cfg.key()).Inc()
+				return answer(http.StatusServiceUnavailable, "upstream "+u.dest+": "+cerr.Error(), "X-Meshfed-Overloaded", "true")
 			}
-			c := tc.(*tls.Conn)
-			uc = &upConn{c: c, br: bufio.NewReaderSize(c, 4096), bw: bufio.NewWriterSize(c, 4096)}
+			err = cerr
+			u.failed(rt, set, ep, true)
+			if rt.retryOn&retryConnect == 0 || ctx.Err() != nil {
+				break
+			}
+			continue
 		}
-		if dl, ok := ctx.Deadline(); ok {
-			_ = uc.c.SetDeadline(dl)
+		// The attempt's deadline: the per-try timeout until the response
+		// head, within the request's.
+		tryDL := ctxDL
+		perTry := false
+		if rt.perTry > 0 {
+			if pt := time.Now().Add(rt.perTry); tryDL.IsZero() || pt.Before(tryDL) {
+				tryDL, perTry = pt, true
+			}
+		}
+		if !tryDL.IsZero() {
+			_ = uc.c.SetDeadline(tryDL)
 		}
 		ep.inflight.Add(1)
 		req.writeRequestHead(uc.bw, "")
@@ -508,7 +606,7 @@ func (u *upstream) forwardH1(req, resp *h1Head, br *bufio.Reader, bw *bufio.Writ
 			if errors.As(err, &he) {
 				// The app's own body was malformed.
 				ep.inflight.Add(-1)
-				uc.c.Close()
+				uc.close()
 				return fail(he.code, he.msg)
 			}
 		}
@@ -520,8 +618,44 @@ func (u *upstream) forwardH1(req, resp *h1Head, br *bufio.Reader, bw *bufio.Writ
 		}
 		if err != nil {
 			ep.inflight.Add(-1)
-			uc.c.Close()
+			uc.close()
+			u.failed(rt, set, ep, false)
 			u.p.log.Debug("upstream request failed", "upstream", u.dest, "endpoint", ep.addr, "err", err)
+			if ctx.Err() != nil || (!ctxDL.IsZero() && !time.Now().Before(ctxDL)) {
+				err = context.DeadlineExceeded
+				break
+			}
+			if perTry && isTimeout(err) {
+				err = fmt.Errorf("%s: no response within the per-try timeout %s", ep.addr, rt.perTry)
+				if !rt.retryOn.retryTimeout() {
+					return fail(http.StatusGatewayTimeout, err.Error())
+				}
+				continue
+			}
+			if rt.retryOn&retryReset == 0 {
+				break
+			}
+			continue
+		}
+		if perTry {
+			_ = uc.c.SetDeadline(ctxDL)
+		}
+		if resp.code >= 500 {
+			u.failed(rt, set, ep, false)
+		} else {
+			u.succeeded(ep)
+		}
+		if attempt < rt.attempts && replay && rt.retryOn.retryStatus(resp.code, -1) {
+			// Drop this answer and try again.
+			ep.inflight.Add(-1)
+			if discardResponse(uc.br, resp) {
+				_ = uc.c.SetDeadline(time.Time{})
+				ep.pool.put(uc)
+			} else {
+				uc.close()
+			}
+			err = fmt.Errorf("%s answered %d", ep.addr, resp.code)
+			u.p.log.Debug("retrying", "upstream", u.dest, "endpoint", ep.addr, "status", resp.code)
 			continue
 		}
 		upClose := resp.close
@@ -529,9 +663,11 @@ func (u *upstream) forwardH1(req, resp *h1Head, br *bufio.Reader, bw *bufio.Writ
 		ep.inflight.Add(-1)
 		code = resp.code
 		if upClose || werr != nil {
-			uc.c.Close()
+			uc.close()
 		} else {
-			_ = uc.c.SetDeadline(time.Time{})
+			if !ctxDL.IsZero() {
+				_ = uc.c.SetDeadline(time.Time{})
+			}
 			ep.pool.put(uc)
 		}
 		return keep
@@ -541,4 +677,50 @@ func (u *upstream) forwardH1(req, resp *h1Head, br *bufio.Reader, bw *bufio.Writ
 		return fail(http.StatusGatewayTimeout, err.Error())
 	}
 	return fail(http.StatusBadGateway, err.Error())
+}
+
+// h1Conn returns a pooled or new connection to ep. At the circuit
+// breaker's max_connections the request waits, as a pending request, for
+// one to come free, at most the connect timeout.
+func (u *upstream) h1Conn(ctx context.Context, rt *route, ep *endpoint) (*upConn, error) {
+	for {
+		if uc := ep.pool.get(rt.idleTimeout); uc != nil {
+			return uc, nil
+		}
+		if u.conns.tryOpen(rt.maxConns) {
+			tc, err := u.dialTLS(ctx, ep.addr, false)
+			if err != nil {
+				u.conns.closed()
+				return nil, err
+			}
+			c := tc.(*tls.Conn)
+			return &upConn{c: c, br: bufio.NewReaderSize(c, 4096), bw: bufio.NewWriterSize(c, 4096), lim: &u.conns}, nil
+		}
+		wctx, cancel := context.WithTimeout(ctx, rt.connectTimeout)
+		ok, err := u.conns.wait(wctx, rt.maxPending)
+		cancel()
+		if !ok {
+			return nil, fmt.Errorf("%w: %d requests wait for a connection (max_pending_requests)", errOverflow, rt.maxPending)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%w: no connection came free within %s (max_connections %d)", errOverflow, rt.connectTimeout, rt.maxConns)
+		}
+	}
+}
+
+// discardResponse reads a small response body to its end so that the
+// connection can be used again; it reports false when the connection must
+// be closed instead.
+func discardResponse(br *bufio.Reader, resp *h1Head) bool {
+	if resp.close {
+		return false
+	}
+	switch {
+	case resp.body == bodyNone:
+		return true
+	case resp.body == bodyLength && resp.length <= maxReplayBody:
+		_, err := br.Discard(int(resp.length))
+		return err == nil
+	}
+	return false
 }

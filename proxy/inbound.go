@@ -222,6 +222,11 @@ func (in *inbound) serveTCP(c net.Conn, caller spiffeid.ID) {
 		c.Close()
 		return
 	}
+	if !in.p.rateAllow(start) {
+		in.p.m.observe("inbound", principalLabel(caller), in.dest, 0, time.Since(start))
+		c.Close()
+		return
+	}
 	app, err := net.DialTimeout("tcp", net.JoinHostPort(in.p.cfg.AppHost, strconv.Itoa(in.p.cfg.AppPort)), 5*time.Second)
 	if err == nil {
 		app = rawIO(app)
@@ -305,6 +310,18 @@ func (in *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		in.p.m.observe("inbound", principalLabel(caller), in.dest, code, time.Since(start))
 		in.deny(caller, r.Method, path, d, start, r.RemoteAddr)
+		return
+	}
+	if !in.p.rateAllow(start) {
+		code := http.StatusTooManyRequests
+		w.Header().Set("Retry-After", "1")
+		if isGRPC(r) {
+			writeGRPCStatus(w, 8, "rate limited") // RESOURCE_EXHAUSTED
+			code = http.StatusOK
+		} else {
+			http.Error(w, "rate limited", code)
+		}
+		in.p.m.observe("inbound", principalLabel(caller), in.dest, code, time.Since(start))
 		return
 	}
 	r.Header.Del("X-Forwarded-Client-Cert")

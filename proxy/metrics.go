@@ -47,6 +47,9 @@ type metrics struct {
 	healthy       *gaugeVec
 	certExpiry    gauge
 	upstreamErr   *counterVec
+	overflow      *counterVec
+	ejections     *counterVec
+	rateLimited   *counterVec
 
 	certExpiryVal series
 
@@ -108,11 +111,20 @@ func newMetrics() *metrics {
 	m.upstreamErr = newCounterVec("meshfed_proxy_upstream_connect_errors_total",
 		"Failed connections to upstream endpoints (each is retried on another endpoint when possible).",
 		"upstream")
+	m.overflow = newCounterVec("meshfed_proxy_upstream_overflow_total",
+		"Requests and connections refused by an upstream's circuit breaker (max_requests, max_connections, max_pending_requests).",
+		"upstream")
+	m.ejections = newCounterVec("meshfed_proxy_upstream_ejections_total",
+		"Endpoints ejected by outlier detection (the circuit breaker's consecutive_errors).",
+		"upstream")
+	m.rateLimited = newCounterVec("meshfed_proxy_rate_limited_total",
+		"Inbound requests and connections refused by the service's rate limit.",
+		"destination")
 	m.certExpiry = gauge{&m.certExpiryVal}
 
 	m.families = []family{
 		m.denied.family(), m.handshakeFail.family(), m.connections.family(),
-		m.healthy.family(), m.upstreamErr.family(),
+		m.healthy.family(), m.upstreamErr.family(), m.overflow.family(), m.ejections.family(), m.rateLimited.family(),
 		{"meshfed_proxy_certificate_expiry_timestamp_seconds", "When the proxy's current SVID expires (Unix time).", "gauge",
 			func(w *textWriter, _ *scrape) {
 				w.sample("", "", "", math.Float64frombits(m.certExpiryVal.bits.Load()))

@@ -44,8 +44,12 @@ type endpoint struct {
 	inflight atomic.Int64
 	// pool holds kept-alive HTTP/1.1 connections.
 	pool connPool
-	// ejectedUntil (Unix nanoseconds) is set after a failed connection.
+	// ejectedUntil (Unix nanoseconds) is set after a failed connection,
+	// or after the circuit breaker's consecutive errors.
 	ejectedUntil atomic.Int64
+	// errs counts consecutive errors, ejections consecutive ejections.
+	errs, ejections atomic.Int64
+	version         string
 }
 
 // endpointSet is one resolution of an upstream, immutable once built.
@@ -121,10 +125,12 @@ type upstream struct {
 	waitMu sync.Mutex
 	waitCh chan struct{}
 	rr     atomic.Uint64
-	lb     atomic.Int32 // meshfedv1.LoadBalancer
-	// requestTimeout (a time.Duration) bounds a whole HTTP request; 0 is
-	// none.
-	requestTimeout atomic.Int64
+	// route is the destination's compiled traffic policy.
+	route atomic.Pointer[route]
+	// inflight counts requests in flight to the destination, and conns
+	// its HTTP/1.1 and TCP connections, for circuit breaking.
+	inflight atomic.Int64
+	conns    connLimiter
 
 	// HTTP and gRPC: a server for the app's requests and transports to the
 	// endpoints (HTTP/1.1 for http, HTTP/2 for grpc, both over mTLS); nil
@@ -140,7 +146,9 @@ type upstream struct {
 }
 
 func newUpstream(p *Proxy, cfg Upstream) *upstream {
-	return &upstream{p: p, cfg: cfg, dest: cfg.Namespace + "/" + cfg.Service, waitCh: make(chan struct{}), tcp: map[net.Conn]struct{}{}}
+	u := &upstream{p: p, cfg: cfg, dest: cfg.Namespace + "/" + cfg.Service, waitCh: make(chan struct{}), tcp: map[net.Conn]struct{}{}}
+	u.route.Store(defaultRoute)
+	return u
 }
 
 // httpSide is what an upstream needs for HTTP and gRPC, made when the app
@@ -243,8 +251,8 @@ func (u *upstream) update(resp *meshfedv1.ResolveResponse) {
 				continue
 			}
 			addr := net.JoinHostPort(e.GetAddress(), strconv.Itoa(int(e.GetPort())))
-			ep := &endpoint{addr: addr, id: id, cluster: cl.GetCluster()}
-			if prev := old.lookup(addr); prev != nil && prev.id == id {
+			ep := &endpoint{addr: addr, id: id, cluster: cl.GetCluster(), version: e.GetVersion()}
+			if prev := old.lookup(addr); prev != nil && prev.id == id && prev.version == ep.version {
 				ep = prev
 			}
 			if !set.add(ep) {
@@ -300,17 +308,21 @@ var errNoEndpoint = errors.New("no healthy endpoint")
 
 // pick chooses an endpoint: the first cluster (in failover order) with an
 // endpoint that is not ejected, then round robin or least request within
-// it. avoid is skipped when possible.
-func (u *upstream) pick(set *endpointSet, avoid *endpoint) (*endpoint, error) {
+// it. With a version (from a traffic split) only that version's endpoints
+// are candidates while there are any. avoid is skipped when possible.
+func (u *upstream) pick(set *endpointSet, avoid *endpoint, version string) (*endpoint, error) {
 	now := time.Now().UnixNano()
-	for pass := 0; pass < 2; pass++ {
+	for pass := 0; pass < 3; pass++ {
+		if pass == 0 && version == "" {
+			continue
+		}
 		for _, g := range set.groups {
 			cands := make([]*endpoint, 0, len(g))
 			for _, e := range g {
-				if e == avoid {
+				if e == avoid || (pass == 0 && e.version != version) {
 					continue
 				}
-				if pass == 0 && e.ejectedUntil.Load() > now {
+				if pass < 2 && e.ejectedUntil.Load() > now {
 					continue
 				}
 				cands = append(cands, e)
@@ -331,7 +343,11 @@ func (u *upstream) choose(c []*endpoint) *endpoint {
 	if len(c) == 1 {
 		return c[0]
 	}
-	switch meshfedv1.LoadBalancer(u.lb.Load()) {
+	lb := defaultRoute.lb
+	if rt := u.route.Load(); rt != nil {
+		lb = rt.lb
+	}
+	switch lb {
 	case meshfedv1.LoadBalancer_LOAD_BALANCER_LEAST_REQUEST:
 		// The better of two random choices: near least-request without
 		// herding on one endpoint.
@@ -370,7 +386,7 @@ func (u *upstream) dialTLS(ctx context.Context, addr string, h2 bool) (net.Conn,
 	} else {
 		cfg.NextProtos = []string{"http/1.1"}
 	}
-	d := net.Dialer{Timeout: connectTimeout, KeepAlive: 30 * time.Second}
+	d := net.Dialer{Timeout: u.route.Load().connectTimeout, KeepAlive: 30 * time.Second}
 	raw, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, &connectError{err}
@@ -396,6 +412,7 @@ func (e *connectError) Unwrap() error { return e.err }
 // ServeHTTP forwards one of the app's requests.
 func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
+	rt := u.route.Load()
 	// Keep small bodies so the request can be retried on another endpoint.
 	if r.Body != nil && r.Body != http.NoBody && r.ContentLength > 0 && r.ContentLength <= maxReplayBody {
 		buf := make([]byte, r.ContentLength)
@@ -410,34 +427,97 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	sw := &statusWriter{ResponseWriter: w}
 	var ep *endpoint
+	defer func() {
+		dur := time.Since(start)
+		u.p.m.observe("outbound", u.p.self.String(), u.dest, sw.code(), dur)
+		if u.p.accessLogs() {
+			e := &accessEntry{Direction: "outbound", Protocol: "http", Source: u.p.self.String(), Dest: u.dest,
+				Method: r.Method, Path: r.URL.EscapedPath(), Code: sw.code(), Duration: ms(dur)}
+			if isGRPC(r) {
+				e.Protocol = "grpc"
+			}
+			if ep != nil {
+				e.Upstream = ep.addr
+			}
+			u.p.acc.write(e, start)
+		}
+	}()
+	if rt.hasFault() {
+		abort, delay := rt.fault()
+		if abort != 0 {
+			sw.Header().Set("X-Meshfed-Fault", "abort")
+			if isGRPC(r) {
+				writeGRPCStatus(sw, grpcCodeForHTTP(abort), "fault injected")
+			} else {
+				http.Error(sw, "fault injected", abort)
+			}
+			return
+		}
+		if delay > 0 {
+			t := time.NewTimer(delay)
+			select {
+			case <-t.C:
+			case <-r.Context().Done():
+				t.Stop()
+				return
+			}
+		}
+	}
+	if rt.maxRequests > 0 {
+		if u.inflight.Add(1) > rt.maxRequests {
+			u.inflight.Add(-1)
+			u.p.m.overflow.WithLabelValues(u.cfg.key()).Inc()
+			sw.Header().Set("X-Meshfed-Overloaded", "true")
+			msg := "upstream " + u.dest + ": too many requests in flight (circuit breaker)"
+			if isGRPC(r) {
+				writeGRPCStatus(sw, 14, msg) // UNAVAILABLE
+			} else {
+				http.Error(sw, msg, http.StatusServiceUnavailable)
+			}
+			return
+		}
+		defer u.inflight.Add(-1)
+	}
 	ctx := context.WithValue(r.Context(), pickedKey{}, &ep)
-	if d := time.Duration(u.requestTimeout.Load()); d > 0 {
+	ctx = context.WithValue(ctx, routeKey{}, rt)
+	if d := rt.requestTimeout; d > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, d)
 		defer cancel()
 	}
 	u.http.Load().rp.ServeHTTP(sw, r.WithContext(ctx))
-	dur := time.Since(start)
-	u.p.m.observe("outbound", u.p.self.String(), u.dest, sw.code(), dur)
-	if u.p.accessLogs() {
-		e := &accessEntry{Direction: "outbound", Protocol: "http", Source: u.p.self.String(), Dest: u.dest,
-			Method: r.Method, Path: r.URL.EscapedPath(), Code: sw.code(), Duration: ms(dur)}
-		if isGRPC(r) {
-			e.Protocol = "grpc"
-		}
-		if ep != nil {
-			e.Upstream = ep.addr
-		}
-		u.p.acc.write(e, start)
-	}
 }
 
 type pickedKey struct{}
 
-// roundTrip sends one request to an endpoint, and once more to another
-// endpoint when the first could not be reached or the connection failed
-// before a response (if the body can be sent again).
+type routeKey struct{}
+
+// grpcCodeForHTTP maps an HTTP status to the gRPC code a client would
+// derive from it (gRPC's HTTP-to-gRPC status mapping).
+func grpcCodeForHTTP(code int) int {
+	switch code {
+	case http.StatusBadRequest:
+		return 13 // INTERNAL
+	case http.StatusUnauthorized:
+		return 16 // UNAUTHENTICATED
+	case http.StatusForbidden:
+		return 7 // PERMISSION_DENIED
+	case http.StatusNotFound:
+		return 12 // UNIMPLEMENTED
+	case http.StatusTooManyRequests, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+		return 14 // UNAVAILABLE
+	}
+	return 2 // UNKNOWN
+}
+
+// roundTrip sends one request to an endpoint, and again (to another
+// endpoint when there is one) as the traffic policy's retries say, when
+// the body can be sent again.
 func (u *upstream) roundTrip(r *http.Request) (*http.Response, error) {
+	rt, _ := r.Context().Value(routeKey{}).(*route)
+	if rt == nil {
+		rt = u.route.Load()
+	}
 	set, err := u.current(r.Context())
 	if err != nil {
 		return nil, err
@@ -448,18 +528,29 @@ func (u *upstream) roundTrip(r *http.Request) (*http.Response, error) {
 	if grpc {
 		tr = hs.h2
 	}
+	version := rt.version()
 	var last *endpoint
 	var lastErr error
-	for attempt := 0; attempt < 3; attempt++ {
-		ep, err := u.pick(set, last)
+	for attempt := 1; ; attempt++ {
+		if attempt > 1 {
+			if attempt > rt.attempts || r.GetBody == nil {
+				break
+			}
+			if !sleepCtx(r.Context(), backoff(attempt-1)) {
+				return nil, r.Context().Err()
+			}
+			set = u.set.Load()
+		}
+		ep, err := u.pick(set, last, version)
 		if err != nil {
 			return nil, err
 		}
+		last = ep
 		if p, ok := r.Context().Value(pickedKey{}).(**endpoint); ok {
 			*p = ep
 		}
 		req := r
-		if attempt > 0 {
+		if attempt > 1 {
 			body, err := r.GetBody()
 			if err != nil {
 				return nil, err
@@ -467,33 +558,137 @@ func (u *upstream) roundTrip(r *http.Request) (*http.Response, error) {
 			req = r.Clone(r.Context())
 			req.Body = body
 		}
+		// The per-try timeout runs until the response head.
+		var timedOut atomic.Bool
+		var stop func() bool
+		cancel := context.CancelFunc(func() {})
+		if rt.perTry > 0 {
+			var actx context.Context
+			actx, cancel = context.WithCancel(req.Context())
+			stop = time.AfterFunc(rt.perTry, func() { timedOut.Store(true); cancel() }).Stop
+			req = req.WithContext(actx)
+		}
 		req.URL.Host = ep.addr
 		ep.inflight.Add(1)
 		resp, err := tr.RoundTrip(req)
 		ep.inflight.Add(-1)
+		if stop != nil {
+			stop()
+		}
 		if err == nil {
+			gs := -1
+			if v := resp.Header.Get("Grpc-Status"); v != "" {
+				gs, _ = strconv.Atoi(v)
+			}
+			if resp.StatusCode >= 500 || gs == 14 {
+				u.failed(rt, set, ep, false)
+			} else {
+				u.succeeded(ep)
+			}
+			if attempt < rt.attempts && r.GetBody != nil && rt.retryOn.retryStatus(resp.StatusCode, gs) {
+				_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxReplayBody))
+				resp.Body.Close()
+				cancel()
+				lastErr = fmt.Errorf("%s answered %d", ep.addr, resp.StatusCode)
+				continue
+			}
+			resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: cancel}
 			return resp, nil
 		}
+		cancel()
 		lastErr = err
 		var ce *connectError
-		if errors.As(err, &ce) {
-			u.eject(ep)
+		isConnect := errors.As(err, &ce)
+		u.failed(rt, set, ep, isConnect)
+		if r.Context().Err() != nil {
+			return nil, r.Context().Err()
 		}
-		// Only a body that can be sent again is retried.
-		if r.Context().Err() != nil || r.GetBody == nil {
+		switch {
+		case timedOut.Load():
+			lastErr = fmt.Errorf("%s: no response within the per-try timeout %s: %w", ep.addr, rt.perTry, context.DeadlineExceeded)
+			if !rt.retryOn.retryTimeout() {
+				return nil, lastErr
+			}
+		case isConnect && rt.retryOn&retryConnect == 0, !isConnect && rt.retryOn&retryReset == 0:
 			return nil, err
 		}
 		u.p.log.Debug("retrying on another endpoint", "upstream", u.dest, "endpoint", ep.addr, "err", err)
-		last = ep
-		set = u.set.Load()
 	}
 	return nil, lastErr
 }
 
-// eject skips an endpoint that refused a connection for a while.
-func (u *upstream) eject(ep *endpoint) {
-	ep.ejectedUntil.Store(time.Now().Add(ejectFor).UnixNano())
-	u.p.m.upstreamErr.WithLabelValues(u.cfg.key()).Inc()
+// cancelOnClose releases an attempt's context with its response body.
+type cancelOnClose struct {
+	io.ReadCloser
+	cancel context.CancelFunc
+}
+
+func (c *cancelOnClose) Close() error {
+	err := c.ReadCloser.Close()
+	c.cancel()
+	return err
+}
+
+// sleepCtx waits d unless ctx ends first; it reports whether it waited.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// isTimeout reports whether err is a deadline running out.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// errOverflow marks a request refused by the circuit breaker.
+var errOverflow = errors.New("circuit breaker open")
+
+// failed counts an error of ep: a connection that could not be made
+// (connect), one that failed before a response, or a 5xx answer. Without
+// outlier ejection in the circuit breaker, an endpoint that refused a
+// connection is skipped for ejectFor; with it, consecutive_errors in a row
+// eject the endpoint for base_ejection_time times the ejections in a row
+// (at most 10), within max_ejection_percent of the endpoints.
+func (u *upstream) failed(rt *route, set *endpointSet, ep *endpoint, connect bool) {
+	if connect {
+		u.p.m.upstreamErr.WithLabelValues(u.cfg.key()).Inc()
+	}
+	now := time.Now()
+	if rt.consecutive == 0 {
+		if connect {
+			ep.ejectedUntil.Store(now.Add(ejectFor).UnixNano())
+		}
+		return
+	}
+	if ep.errs.Add(1) < rt.consecutive || ep.ejectedUntil.Load() > now.UnixNano() {
+		return
+	}
+	if !ejectionAllowed(set, rt.maxEjectPct, now.UnixNano()) {
+		return
+	}
+	n := ep.ejections.Add(1)
+	ep.errs.Store(0)
+	d := rt.baseEject * time.Duration(min(n, maxEjectionFactor))
+	ep.ejectedUntil.Store(now.Add(d).UnixNano())
+	u.p.m.ejections.WithLabelValues(u.cfg.key()).Inc()
+	u.p.log.Info("ejecting an endpoint", "upstream", u.dest, "endpoint", ep.addr, "for", d.String())
+}
+
+// succeeded resets ep's consecutive errors.
+func (u *upstream) succeeded(ep *endpoint) {
+	if ep.errs.Load() != 0 {
+		ep.errs.Store(0)
+	}
+	if ep.ejections.Load() != 0 {
+		ep.ejections.Store(0)
+	}
 }
 
 func (u *upstream) proxyError(w http.ResponseWriter, r *http.Request, err error) {
@@ -590,24 +785,37 @@ func (u *upstream) serveTCP(c net.Conn) {
 		u.mu.Unlock()
 		u.tcpWG.Done()
 	}()
+	rt := u.route.Load()
+	if !u.conns.tryOpen(rt.maxConns) {
+		u.p.m.overflow.WithLabelValues(u.cfg.key()).Inc()
+		u.p.log.Warn("refusing a connection: max_connections reached", "upstream", u.dest, "max", rt.maxConns)
+		c.Close()
+		u.p.m.observe("outbound", u.p.self.String(), u.dest, 0, time.Since(start))
+		return
+	}
+	defer u.conns.closed()
 	var last *endpoint
 	var conn net.Conn
 	var err error
-	for attempt := 0; attempt < 3; attempt++ {
+	for attempt := 1; attempt <= max(rt.attempts, 1); attempt++ {
 		var ep *endpoint
-		ep, err = u.pick(u.set.Load(), last)
+		set := u.set.Load()
+		ep, err = u.pick(set, last, rt.version())
 		if err != nil {
 			break
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), connectTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), rt.connectTimeout)
 		conn, err = u.dialTLS(ctx, ep.addr, false)
 		cancel()
 		if err == nil {
 			last = ep
 			break
 		}
-		u.eject(ep)
+		u.failed(rt, set, ep, true)
 		last = ep
+		if rt.retryOn&retryConnect == 0 {
+			break
+		}
 	}
 	if err != nil {
 		u.p.log.Warn("upstream connection failed", "upstream", u.dest, "err", err)

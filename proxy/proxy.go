@@ -46,9 +46,11 @@ type Proxy struct {
 	service *meshfedv1.Service
 
 	settings atomic.Pointer[meshfedv1.MeshSettings]
-	engine   atomic.Pointer[authz.Engine]
-	engineMu sync.Mutex
-	policies []*meshfedv1.AuthorizationPolicy
+	// rateLimit is the service's inbound rate limit; nil: none.
+	rateLimit atomic.Pointer[rateLimit]
+	engine    atomic.Pointer[authz.Engine]
+	engineMu  sync.Mutex
+	policies  []*meshfedv1.AuthorizationPolicy
 	// policyChanged wakes the check of established inbound TCP
 	// connections against a new engine.
 	policyChanged chan struct{}
@@ -229,11 +231,12 @@ func (p *Proxy) Run(ctx context.Context) error {
 	p.goFn(func() { p.retryLoop(runCtx, "mesh settings", p.watchSettings) })
 	p.goFn(func() { p.retryLoop(runCtx, "authorization policies", p.watchPolicies) })
 	p.goFn(func() { p.followSVID(runCtx) })
+	// Traffic policies: the upstreams' namespaces, and the proxy's own for
+	// its service's rate limit.
 	namespaces := map[string]bool{}
-	for _, u := range p.upstreams {
-		if !namespaces[u.cfg.Namespace] {
-			namespaces[u.cfg.Namespace] = true
-			ns := u.cfg.Namespace
+	for _, ns := range append([]string{p.cfg.Namespace}, upstreamNamespaces(p.upstreams)...) {
+		if !namespaces[ns] {
+			namespaces[ns] = true
 			p.goFn(func() {
 				p.retryLoop(runCtx, "traffic policies "+ns, func(ctx context.Context) error { return p.watchTraffic(ctx, ns) })
 			})
@@ -432,4 +435,12 @@ func (p *Proxy) settle(ctx context.Context) {
 			return
 		}
 	}
+}
+
+func upstreamNamespaces(us []*upstream) []string {
+	ns := make([]string, 0, len(us))
+	for _, u := range us {
+		ns = append(ns, u.cfg.Namespace)
+	}
+	return ns
 }

@@ -118,7 +118,7 @@ func TestPickFailoverAndEjection(t *testing.T) {
 	set := testSet([]string{"l1", "l2"}, []string{"r1"})
 	counts := map[string]int{}
 	for range 100 {
-		e, err := u.pick(set, nil)
+		e, err := u.pick(set, nil, "")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -131,39 +131,39 @@ func TestPickFailoverAndEjection(t *testing.T) {
 	// next cluster serves.
 	set.lookup("l1").ejectedUntil.Store(time.Now().Add(time.Minute).UnixNano())
 	for range 10 {
-		if e, _ := u.pick(set, nil); e.addr != "l2" {
+		if e, _ := u.pick(set, nil, ""); e.addr != "l2" {
 			t.Fatalf("picked %s with l1 ejected", e.addr)
 		}
 	}
 	set.lookup("l2").ejectedUntil.Store(time.Now().Add(time.Minute).UnixNano())
-	if e, _ := u.pick(set, nil); e.addr != "r1" {
+	if e, _ := u.pick(set, nil, ""); e.addr != "r1" {
 		t.Fatalf("picked %s with the local cluster ejected, want the remote one", e.addr)
 	}
 	// With everything ejected, ejection is ignored rather than failing.
 	set.lookup("r1").ejectedUntil.Store(time.Now().Add(time.Minute).UnixNano())
-	if _, err := u.pick(set, nil); err != nil {
+	if _, err := u.pick(set, nil, ""); err != nil {
 		t.Fatalf("all ejected: %v", err)
 	}
 	// avoid: a retry goes elsewhere when it can.
 	fresh := testSet([]string{"l1", "l2"})
 	for range 10 {
-		if e, _ := u.pick(fresh, fresh.lookup("l1")); e.addr != "l2" {
+		if e, _ := u.pick(fresh, fresh.lookup("l1"), ""); e.addr != "l2" {
 			t.Fatalf("a retry avoiding l1 picked %s", e.addr)
 		}
 	}
-	if _, err := u.pick(testSet(), nil); err == nil || !strings.Contains(err.Error(), "no healthy endpoint of default/web") {
+	if _, err := u.pick(testSet(), nil, ""); err == nil || !strings.Contains(err.Error(), "no healthy endpoint of default/web") {
 		t.Fatalf("no endpoints: %v", err)
 	}
 }
 
 func TestLeastRequest(t *testing.T) {
 	u := &upstream{dest: "default/web"}
-	u.lb.Store(int32(meshfedv1.LoadBalancer_LOAD_BALANCER_LEAST_REQUEST))
+	u.route.Store(&route{lb: meshfedv1.LoadBalancer_LOAD_BALANCER_LEAST_REQUEST})
 	set := testSet([]string{"busy", "idle"})
 	set.lookup("busy").inflight.Store(10)
 	counts := map[string]int{}
 	for range 1000 {
-		e, _ := u.pick(set, nil)
+		e, _ := u.pick(set, nil, "")
 		counts[e.addr]++
 	}
 	// The busy endpoint wins only when both random choices fall on it.

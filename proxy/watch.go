@@ -168,24 +168,20 @@ func (p *Proxy) watchTraffic(ctx context.Context, namespace string) error {
 	})
 }
 
-// applyTraffic gives every upstream its current traffic policy.
+// applyTraffic gives every upstream its current traffic policy, and the
+// inbound side its own service's rate limit.
 func (p *Proxy) applyTraffic() {
 	def := p.settings.Load().GetDefaultTrafficPolicy()
 	p.trafficMu.Lock()
 	defer p.trafficMu.Unlock()
 	for _, u := range p.upstreams {
-		tp := p.traffic[u.cfg.Namespace][u.cfg.Service]
-		lb := tp.GetLoadBalancer()
-		if lb == meshfedv1.LoadBalancer_LOAD_BALANCER_UNSPECIFIED {
-			lb = def.GetLoadBalancer()
-		}
-		u.lb.Store(int32(lb))
-		timeout := tp.GetTimeouts().GetRequest().AsDuration()
-		if timeout <= 0 {
-			timeout = def.GetTimeouts().GetRequest().AsDuration()
-		}
-		u.requestTimeout.Store(int64(timeout))
+		u.route.Store(compileRoute(p.traffic[u.cfg.Namespace][u.cfg.Service], def))
 	}
+	rl := p.traffic[p.cfg.Namespace][p.cfg.Service].GetRateLimit()
+	if rl == nil {
+		rl = def.GetRateLimit()
+	}
+	p.setRateLimit(rl)
 }
 
 // watchUpstreams follows every upstream's resolution on one stream. A
