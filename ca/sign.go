@@ -11,13 +11,13 @@ import (
 	"encoding/asn1"
 	"errors"
 	"fmt"
+	"math/big"
 	"net"
 	"net/http"
 	"net/url"
 	"slices"
 	"time"
 
-	"github.com/smallstep/certificates/authority/provisioner"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -165,9 +165,10 @@ func (c *CA) sign(p SignParams, csr *x509.CertificateRequest) ([]*x509.Certifica
 			return nil, "", fmt.Errorf("%w: %w", ErrInvalidCSR, err)
 		}
 	}
-	// The CSR's signature (proof that the caller holds the key) is checked
-	// by smallstep's Sign, twice already; a third check here would cost as
-	// much as the signing itself.
+	// The CSR's signature is the proof that the caller holds the key.
+	if err := csr.CheckSignature(); err != nil {
+		return nil, "", fmt.Errorf("%w: signature: %w", ErrInvalidCSR, err)
+	}
 	keyUsage, err := leafKeyUsage(csr)
 	if err != nil {
 		return nil, "", fmt.Errorf("%w: %w", ErrInvalidCSR, err)
@@ -184,37 +185,39 @@ func (c *CA) sign(p SignParams, csr *x509.CertificateRequest) ([]*x509.Certifica
 	if !now.Before(issuer.NotAfter) {
 		return nil, "", fmt.Errorf("%w: authority %q expired at %s", ErrAuthorityExpired, s.activeID, issuer.NotAfter.UTC().Format(time.RFC3339))
 	}
-	notBefore := now.Add(-backdate)
-	if notBefore.Before(issuer.NotBefore) {
-		notBefore = issuer.NotBefore
+	// The leaf lives ttl, but never past the intermediate.
+	lifetime := minTime(now.Add(ttl), issuer.NotAfter).Sub(now)
+	if lifetime <= 0 {
+		return nil, "", fmt.Errorf("%w: authority %q expires now", ErrAuthorityExpired, s.activeID)
 	}
-	notAfter := minTime(now.Add(ttl), issuer.NotAfter)
-
-	var subject pkix.Name
+	var rawSubject []byte
 	if len(p.DNSNames) > 0 {
-		subject.CommonName = p.DNSNames[0]
-	}
-	// smallstep's default template copies the CSR's subject, SANs and raw
-	// extensions (which would override the fields set here, and could ask
-	// for CA:true); the modifier replaces all of it, keeping only the key.
-	replace := provisioner.CertificateModifierFunc(func(cert *x509.Certificate, _ provisioner.SignOptions) error {
-		*cert = x509.Certificate{
-			PublicKey:             cert.PublicKey,
-			PublicKeyAlgorithm:    cert.PublicKeyAlgorithm,
-			Subject:               subject,
-			URIs:                  []*url.URL{p.ID.URL()},
-			DNSNames:              slices.Clone(p.DNSNames),
-			IPAddresses:           slices.Clone(p.IPs),
-			NotBefore:             notBefore,
-			NotAfter:              notAfter,
-			KeyUsage:              keyUsage,
-			ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-			BasicConstraintsValid: true,
-			IsCA:                  false,
+		var err error
+		if rawSubject, err = asn1.Marshal(pkix.Name{CommonName: p.DNSNames[0]}.ToRDNSequence()); err != nil {
+			return nil, "", fmt.Errorf("%w: subject: %w", ErrInvalidParams, err)
 		}
-		return nil
-	})
-	chain, err := c.auth.SignWithContext(context.Background(), csr, provisioner.SignOptions{}, replace)
+	}
+	// The leaf is issued through the authority's rekey path: smallstep
+	// makes a certificate from this template with the CSR's key, the
+	// template's lifetime (NotAfter - NotBefore, less the authority's
+	// one-minute backdate, which it puts back) and nothing else of the
+	// CSR. Its Sign path would parse the CSR into a template of its own and
+	// verify the CSR's signature twice more; the signature was checked
+	// above.
+	tmpl := &x509.Certificate{
+		RawSubject:            rawSubject,
+		URIs:                  []*url.URL{p.ID.URL()},
+		DNSNames:              slices.Clone(p.DNSNames),
+		IPAddresses:           slices.Clone(p.IPs),
+		NotBefore:             now,
+		NotAfter:              now.Add(lifetime + backdate),
+		KeyUsage:              keyUsage,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  false,
+		SerialNumber:          big.NewInt(0),
+	}
+	chain, err := c.auth.RenewContext(context.Background(), tmpl, csr.PublicKey)
 	if err != nil {
 		var sc interface{ StatusCode() int }
 		if errors.As(err, &sc) && sc.StatusCode() == http.StatusBadRequest {

@@ -234,37 +234,50 @@ func TestSignRejects(t *testing.T) {
 	}
 }
 
+// TestSignTTL checks leaf lifetimes. The authority's signer stamps leaves
+// with the real clock, so the authorities are made to expire relative to
+// it.
 func TestSignTTL(t *testing.T) {
 	sa := cachedAuthority(t, meshfedv1.KeyAlgorithm_KEY_ALGORITHM_ECDSA_P256)
-	interNotAfter := intermediateOf(t, sa).NotAfter
+	// An authority whose intermediate ends in 30 minutes, and one that has
+	// ended.
+	ending, err := GenerateAuthority(GenerateParams{TrustDomain: testTD, ID: "ending", Now: time.Now().Add(-DefaultIntermediateTTL + 30*time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ended, err := GenerateAuthority(GenerateParams{TrustDomain: testTD, ID: "ended", Now: time.Now().Add(-DefaultIntermediateTTL - time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
 	id := workloadID(t, "default", "web")
 
 	tests := []struct {
-		name          string
-		now           time.Time
-		ttl           time.Duration
-		wantNotAfter  time.Time
-		wantErr       error
-		wantNotBefore time.Time
+		name    string
+		sa      *meshfedv1.StoredAuthority
+		ttl     time.Duration
+		wantTTL time.Duration // 0: until the intermediate's end
+		wantErr error
 	}{
-		{name: "default is the SVID TTL", now: testNow, wantNotAfter: testNow.Add(DefaultSVIDTTL)},
-		{name: "requested TTL", now: testNow, ttl: 2 * time.Hour, wantNotAfter: testNow.Add(2 * time.Hour)},
-		{name: "server TTL", now: testNow, ttl: DefaultServerCertTTL, wantNotAfter: testNow.Add(DefaultServerCertTTL)},
-		{name: "clamped to the intermediate", now: testNow, ttl: 1000 * time.Hour, wantNotAfter: interNotAfter},
-		{name: "clamped near the intermediate's end", now: interNotAfter.Add(-30 * time.Minute), ttl: time.Hour, wantNotAfter: interNotAfter},
-		{name: "intermediate expired", now: interNotAfter, ttl: time.Hour, wantErr: ErrAuthorityExpired},
+		{name: "default is the SVID TTL", sa: sa, wantTTL: DefaultSVIDTTL},
+		{name: "requested TTL", sa: sa, ttl: 2 * time.Hour, wantTTL: 2 * time.Hour},
+		{name: "server TTL", sa: sa, ttl: DefaultServerCertTTL, wantTTL: DefaultServerCertTTL},
+		{name: "clamped to the intermediate", sa: sa, ttl: 1000 * time.Hour},
+		{name: "clamped near the intermediate's end", sa: ending, ttl: time.Hour},
+		{name: "intermediate expired", sa: ended, ttl: time.Hour, wantErr: ErrAuthorityExpired},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c := newCA(t, fixedClock(tt.now))
-			if err := c.SetAuthorities([]*meshfedv1.StoredAuthority{active(sa)}); err != nil {
+			c := newCA(t, nil)
+			if err := c.SetAuthorities([]*meshfedv1.StoredAuthority{active(tt.sa)}); err != nil {
 				t.Fatal(err)
 			}
 			csr, _, err := NewServerCSR(id, nil, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
+			before := time.Now().Truncate(time.Second)
 			chain, err := c.Sign(SignParams{CSR: csr, ID: id, TTL: tt.ttl})
+			after := time.Now()
 			if !errors.Is(err, tt.wantErr) {
 				t.Fatalf("err = %v, want %v", err, tt.wantErr)
 			}
@@ -272,13 +285,21 @@ func TestSignTTL(t *testing.T) {
 				return
 			}
 			leaf := chain[0]
-			if !leaf.NotAfter.Equal(tt.wantNotAfter) {
-				t.Errorf("NotAfter = %v, want %v", leaf.NotAfter, tt.wantNotAfter)
+			inter := intermediateOf(t, tt.sa)
+			if tt.wantTTL == 0 {
+				if !leaf.NotAfter.Equal(inter.NotAfter) {
+					t.Errorf("NotAfter = %v, want the intermediate's %v", leaf.NotAfter, inter.NotAfter)
+				}
+			} else if leaf.NotAfter.Before(before.Add(tt.wantTTL)) || leaf.NotAfter.After(after.Add(tt.wantTTL)) {
+				t.Errorf("NotAfter = %v, want %s after signing (%v to %v)", leaf.NotAfter, tt.wantTTL, before, after)
 			}
-			if want := tt.now.Add(-backdate); !leaf.NotBefore.Equal(want) {
-				t.Errorf("NotBefore = %v, want %v", leaf.NotBefore, want)
+			if leaf.NotAfter.After(inter.NotAfter) {
+				t.Errorf("the leaf outlives its intermediate: %v > %v", leaf.NotAfter, inter.NotAfter)
 			}
-			verify(t, chain, c.Bundle(), tt.now)
+			if leaf.NotBefore.Before(before.Add(-backdate)) || leaf.NotBefore.After(after.Add(-backdate)) {
+				t.Errorf("NotBefore = %v, want a minute before signing (%v to %v)", leaf.NotBefore, before, after)
+			}
+			verify(t, chain, c.Bundle(), after)
 		})
 	}
 }
