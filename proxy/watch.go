@@ -174,8 +174,14 @@ func (p *Proxy) applyTraffic() {
 	def := p.settings.Load().GetDefaultTrafficPolicy()
 	p.trafficMu.Lock()
 	defer p.trafficMu.Unlock()
+	// Upstreams without a policy of their own share one route.
+	base := compileRoute(nil, def)
 	for _, u := range p.upstreams {
-		u.route.Store(compileRoute(p.traffic[u.cfg.Namespace][u.cfg.Service], def))
+		rt := base
+		if tp := p.traffic[u.cfg.Namespace][u.cfg.Service]; tp != nil {
+			rt = compileRoute(tp, def)
+		}
+		u.route.Store(rt)
 	}
 	rl := p.traffic[p.cfg.Namespace][p.cfg.Service].GetRateLimit()
 	if rl == nil {
