@@ -605,6 +605,19 @@ splits: [{version: v1, weight: 90}, {version: v2, weight: 10}]
 		p.GetRetries().GetPerTryTimeout().AsDuration() != time.Second || len(p.GetSplits()) != 2 {
 		t.Errorf("decoded %v", p)
 	}
+	// Durations may be written the Go way too.
+	docs, err = decodeDocuments("t.yaml", []byte(`
+meta: {name: web}
+timeouts: {connect: 300ms, request: 1m30s, idle: 2h}
+fault: {delay: 1.5ms, delay_percent: 10}
+`), func() *meshfedv1.TrafficPolicy { return &meshfedv1.TrafficPolicy{} })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if to := docs[0].GetTimeouts(); to.GetConnect().AsDuration() != 300*time.Millisecond || to.GetRequest().AsDuration() != 90*time.Second ||
+		to.GetIdle().AsDuration() != 2*time.Hour || docs[0].GetFault().GetDelay().AsDuration() != 1500*time.Microsecond {
+		t.Errorf("Go durations decoded as %v", docs[0])
+	}
 	_, err = decodeDocuments("t.yaml", []byte("meta: {name: web}\ntimeouts: {request: fast}\n"), func() *meshfedv1.TrafficPolicy { return &meshfedv1.TrafficPolicy{} })
 	if err == nil || !strings.HasPrefix(err.Error(), "t.yaml: timeouts.request: invalid google.protobuf.Duration value") {
 		t.Errorf("bad duration error: %v", err)

@@ -10,7 +10,9 @@ import (
 	"os"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
+	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -208,6 +210,9 @@ func normalizeSingular(val any, fd protoreflect.FieldDescriptor, path string) (a
 		// Well-known types (Duration "1.5s", Timestamp) have their own JSON
 		// forms: decode the value alone to name the field if it is wrong.
 		if strings.HasPrefix(string(fd.Message().FullName()), "google.protobuf.") {
+			if fd.Message().FullName() == "google.protobuf.Duration" {
+				val = goDuration(val)
+			}
 			js, err := json.Marshal(val)
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", path, err)
@@ -225,6 +230,24 @@ func normalizeSingular(val any, fd protoreflect.FieldDescriptor, path string) (a
 	default:
 		return val, nil
 	}
+}
+
+// goDuration turns a duration written the Go way ("300ms", "1m30s") into
+// protobuf JSON's seconds ("0.3s", "90s"); anything else is returned as it
+// is, for protojson to accept ("1.5s") or refuse.
+func goDuration(val any) any {
+	s, ok := val.(string)
+	if !ok {
+		return val
+	}
+	if _, err := strconv.ParseFloat(strings.TrimSuffix(s, "s"), 64); err == nil && strings.HasSuffix(s, "s") {
+		return s
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return val
+	}
+	return strconv.FormatFloat(d.Seconds(), 'f', -1, 64) + "s"
 }
 
 func joinPath(path, key string) string {
