@@ -626,7 +626,7 @@ func (u *upstream) forwardH1(req, resp *h1Head, br *bufio.Reader, bw *bufio.Writ
 				break
 			}
 			if perTry && isTimeout(err) {
-				err = fmt.Errorf("%s: no response within the per-try timeout %s", ep.addr, rt.perTry)
+				err = fmt.Errorf("%s: no response within the per-try timeout %s: %w", ep.addr, rt.perTry, context.DeadlineExceeded)
 				if !rt.retryOn.retryTimeout() {
 					return fail(http.StatusGatewayTimeout, err.Error())
 				}

@@ -570,6 +570,49 @@ func TestProxyTrafficPolicy(t *testing.T) {
 		})
 	})
 
+	t.Run("per-try-timeout", func(t *testing.T) {
+		// Both apps hold /hold: each attempt runs out of its per-try
+		// timeout, the retry goes to the other endpoint, and the client
+		// gets a 504 from its proxy.
+		t.Cleanup(gate.release)
+		applied := applyTP(t, m, "retries: {attempts: 2, per_try_timeout: 300ms, retry_on: [gateway-error]}\n")
+		short := &http.Client{Timeout: 3 * time.Second, Transport: hc.Transport}
+		waitApplied(t, applied, "a 504 for a held request", func() error {
+			defer gate.release()
+			if r := tpDo(short, addr, "/hold"); r.err != nil || r.code != http.StatusGatewayTimeout {
+				return fmt.Errorf("GET /hold: %s", r)
+			}
+			return nil
+		})
+		gate.release()
+		before := []int64{v1.held.Load(), v2.held.Load()}
+		r := tpDo(short, addr, "/hold")
+		if r.err != nil || r.code != http.StatusGatewayTimeout || r.app != "" {
+			t.Fatalf("GET /hold with both apps holding, 2 attempts of 300ms: %s; want 504 from the client proxy", r)
+		}
+		if r.elapsed < 600*time.Millisecond || r.elapsed > 2*time.Second {
+			t.Fatalf("the 504 came after %s; want two attempts of 300ms and a backoff of at most 250ms", r.elapsed)
+		}
+		if d1, d2 := v1.held.Load()-before[0], v2.held.Load()-before[1]; d1 != 1 || d2 != 1 {
+			t.Fatalf("held requests: v1 %d, v2 %d; want one attempt on each endpoint", d1, d2)
+		}
+		gate.release()
+
+		applyTP(t, m, "retries: {attempts: 1, per_try_timeout: 300ms, retry_on: [gateway-error]}\n")
+		waitApplied(t, time.Now(), "a single attempt", func() error {
+			defer gate.release()
+			b := v1.held.Load() + v2.held.Load()
+			r := tpDo(short, addr, "/hold")
+			if n := v1.held.Load() + v2.held.Load() - b; r.code != http.StatusGatewayTimeout || n != 1 {
+				return fmt.Errorf("GET /hold: %s after %d attempts", r, n)
+			}
+			if r.elapsed > time.Second {
+				return fmt.Errorf("the 504 took %s", r.elapsed)
+			}
+			return nil
+		})
+	})
+
 	t.Run("circuit-breaker", func(t *testing.T) {
 		applied := applyTP(t, m, "retries: {attempts: 1}\ncircuit_breaker: {max_requests: 1}\n")
 		short := &http.Client{Timeout: 3 * time.Second, Transport: hc.Transport}
