@@ -424,6 +424,14 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(buf)), nil }
 	} else if r.ContentLength == 0 {
 		r.GetBody = func() (io.ReadCloser, error) { return http.NoBody, nil }
+	} else if r.ContentLength < 0 && r.Body != nil && r.Body != http.NoBody {
+		// A body of unknown length (gRPC, chunked): not read ahead, since
+		// a stream may wait for answers before it ends; it is recorded as
+		// the first attempt sends it, and can be sent again once it has
+		// ended within maxReplayBody.
+		rb := &replayBody{ReadCloser: r.Body}
+		r.Body = rb
+		r.GetBody = rb.replay
 	}
 	sw := &statusWriter{ResponseWriter: w}
 	var ep *endpoint
@@ -531,6 +539,7 @@ func (u *upstream) roundTrip(r *http.Request) (*http.Response, error) {
 	version := rt.version()
 	var last *endpoint
 	var lastErr error
+	var nextBody io.ReadCloser
 	for attempt := 1; ; attempt++ {
 		if attempt > 1 {
 			if attempt > rt.attempts || r.GetBody == nil {
@@ -551,10 +560,14 @@ func (u *upstream) roundTrip(r *http.Request) (*http.Response, error) {
 		}
 		req := r
 		if attempt > 1 {
-			body, err := r.GetBody()
-			if err != nil {
-				return nil, err
+			body := nextBody
+			if body == nil {
+				if body, err = r.GetBody(); err != nil {
+					// Not replayable after all: the last failure stands.
+					return nil, lastErr
+				}
 			}
+			nextBody = nil
 			req = r.Clone(r.Context())
 			req.Body = body
 		}
@@ -586,11 +599,16 @@ func (u *upstream) roundTrip(r *http.Request) (*http.Response, error) {
 				u.succeeded(ep)
 			}
 			if attempt < rt.attempts && r.GetBody != nil && rt.retryOn.retryStatus(resp.StatusCode, gs) {
-				_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxReplayBody))
-				resp.Body.Close()
-				cancel()
-				lastErr = fmt.Errorf("%s answered %d", ep.addr, resp.StatusCode)
-				continue
+				// Only when the request can be sent again is this
+				// answer dropped.
+				if body, gerr := r.GetBody(); gerr == nil {
+					nextBody = body
+					_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxReplayBody))
+					resp.Body.Close()
+					cancel()
+					lastErr = fmt.Errorf("%s answered %d", ep.addr, resp.StatusCode)
+					continue
+				}
 			}
 			resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: cancel}
 			return resp, nil
@@ -615,6 +633,45 @@ func (u *upstream) roundTrip(r *http.Request) (*http.Response, error) {
 		u.p.log.Debug("retrying on another endpoint", "upstream", u.dest, "endpoint", ep.addr, "err", err)
 	}
 	return nil, lastErr
+}
+
+// replayBody records a request body of unknown length as it is sent, so
+// that it can be sent again once it has ended within maxReplayBody.
+type replayBody struct {
+	io.ReadCloser
+	mu   sync.Mutex
+	buf  []byte
+	eof  bool
+	over bool
+}
+
+func (b *replayBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.mu.Lock()
+	if !b.over {
+		if len(b.buf)+n > maxReplayBody {
+			b.over, b.buf = true, nil
+		} else {
+			b.buf = append(b.buf, p[:n]...)
+		}
+	}
+	if err == io.EOF {
+		b.eof = true
+	}
+	b.mu.Unlock()
+	return n, err
+}
+
+var errNotReplayable = errors.New("the request body cannot be sent again")
+
+// replay returns the body again when all of it has been recorded.
+func (b *replayBody) replay() (io.ReadCloser, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.eof || b.over {
+		return nil, errNotReplayable
+	}
+	return io.NopCloser(bytes.NewReader(b.buf)), nil
 }
 
 // cancelOnClose releases an attempt's context with its response body.

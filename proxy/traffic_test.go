@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"context"
+	"io"
+	"strings"
 	"log/slog"
 	"testing"
 	"time"
@@ -273,5 +275,31 @@ func TestPickByVersion(t *testing.T) {
 	// A version nobody runs falls back to any endpoint.
 	if e, err := u.pick(set, nil, "v9"); err != nil || e.addr != "l1" {
 		t.Fatalf("v9: %v %v", e, err)
+	}
+}
+
+func TestReplayBody(t *testing.T) {
+	b := &replayBody{ReadCloser: io.NopCloser(strings.NewReader("hello"))}
+	if _, err := b.replay(); err == nil {
+		t.Fatal("replayable before it was read")
+	}
+	if got, _ := io.ReadAll(b); string(got) != "hello" {
+		t.Fatalf("read %q", got)
+	}
+	for range 2 {
+		r, err := b.replay()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := io.ReadAll(r); string(got) != "hello" {
+			t.Fatalf("replayed %q", got)
+		}
+	}
+	big := &replayBody{ReadCloser: io.NopCloser(strings.NewReader(strings.Repeat("x", maxReplayBody+1)))}
+	if n, _ := io.Copy(io.Discard, big); n != maxReplayBody+1 {
+		t.Fatalf("read %d", n)
+	}
+	if _, err := big.replay(); err == nil {
+		t.Fatal("a body over maxReplayBody is replayable")
 	}
 }
