@@ -3,8 +3,8 @@ package proxy
 import (
 	"context"
 	"io"
-	"strings"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
