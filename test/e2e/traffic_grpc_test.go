@@ -140,39 +140,17 @@ func grpcTPCall(conn *grpc.ClientConn, service string, timeout time.Duration) gr
 // the outcome arrives on the channel after gate.release. It fails when the
 // call comes back without being held, or is not held within 5 s.
 func grpcTPHold(conn *grpc.ClientConn, gate *tpGate, apps ...*grpcTPApp) (<-chan grpcTPResp, error) {
-	held := func() (n int64) {
+	return holdOne(gate, func() (n int64) {
 		for _, a := range apps {
 			n += a.held.Load()
 		}
 		return n
-	}
-	before := held()
-	ch := make(chan grpcTPResp, 1)
-	go func() { ch <- grpcTPCall(conn, grpcTPHoldService, 20*time.Second) }()
-	deadline := time.Now().Add(5 * time.Second)
-	for held() == before {
-		select {
-		case r := <-ch:
-			return nil, fmt.Errorf("the held call came back without being held: %s", r)
-		case <-time.After(5 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			gate.release()
-			return nil, fmt.Errorf("the held call reached no app within 5s (then: %s)", <-ch)
-		}
-	}
-	return ch, nil
+	}, func() grpcTPResp { return grpcTPCall(conn, grpcTPHoldService, 20*time.Second) }, "the held call")
 }
 
 // grpcTPReleased releases the gate and returns the held call's outcome.
 func grpcTPReleased(gate *tpGate, ch <-chan grpcTPResp) grpcTPResp {
-	gate.release()
-	select {
-	case r := <-ch:
-		return r
-	case <-time.After(15 * time.Second):
-		return grpcTPResp{code: codes.Unknown, msg: "the held call did not come back within 15s of its release"}
-	}
+	return released(gate, ch, grpcTPResp{code: codes.Unknown, msg: "the held call did not come back within 15s of its release"})
 }
 
 // TestProxyTrafficPolicyGRPC applies traffic policies to a gRPC service

@@ -199,25 +199,30 @@ func waitApplied(t *testing.T, applied time.Time, what string, cond func() error
 // the result arrives on the channel after gate.release. It fails when the
 // request comes back without being held, or is not held within 5 s.
 func tpHold(hc *http.Client, addr string, gate *tpGate, apps ...*tpApp) (<-chan tpResp, error) {
-	held := func() (n int64) {
+	return holdOne(gate, func() (n int64) {
 		for _, a := range apps {
 			n += a.held.Load()
 		}
 		return n
-	}
+	}, func() tpResp { return tpDo(hc, addr, "/hold") }, "the request to /hold")
+}
+
+// holdOne starts call and returns once held (the apps' count of held
+// requests) has grown; what names the call in errors.
+func holdOne[R fmt.Stringer](gate *tpGate, held func() int64, call func() R, what string) (<-chan R, error) {
 	before := held()
-	ch := make(chan tpResp, 1)
-	go func() { ch <- tpDo(hc, addr, "/hold") }()
+	ch := make(chan R, 1)
+	go func() { ch <- call() }()
 	deadline := time.Now().Add(5 * time.Second)
 	for held() == before {
 		select {
 		case r := <-ch:
-			return nil, fmt.Errorf("the request to /hold came back without being held: %s", r)
+			return nil, fmt.Errorf("%s came back without being held: %s", what, r)
 		case <-time.After(5 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
 			gate.release()
-			return nil, fmt.Errorf("the request to /hold reached no app within 5s (then: %s)", <-ch)
+			return nil, fmt.Errorf("%s reached no app within 5s (then: %s)", what, <-ch)
 		}
 	}
 	return ch, nil
@@ -225,12 +230,18 @@ func tpHold(hc *http.Client, addr string, gate *tpGate, apps ...*tpApp) (<-chan 
 
 // tpReleased releases the gate and returns the held request's answer.
 func tpReleased(gate *tpGate, ch <-chan tpResp) tpResp {
+	return released(gate, ch, tpResp{err: fmt.Errorf("the held request did not come back within 15s of its release")})
+}
+
+// released releases the gate and returns what the held call returns, or
+// late if that takes over 15 s.
+func released[R any](gate *tpGate, ch <-chan R, late R) R {
 	gate.release()
 	select {
 	case r := <-ch:
 		return r
 	case <-time.After(15 * time.Second):
-		return tpResp{err: fmt.Errorf("the held request did not come back within 15s of its release")}
+		return late
 	}
 }
 
