@@ -170,13 +170,7 @@ func TestProxyTrafficPolicyGRPC(t *testing.T) {
 	v1 := startGRPCTPApp(t, "v1", gate)
 	v2 := startGRPCTPApp(t, "v2", gate)
 	apps := []*grpcTPApp{v1, v2}
-	clientApp := startHTTPApp(t, "client")
-	m.service("api", "grpc", v1.port)
-	m.service("client", "http", clientApp.port)
-	m.policy(fmt.Sprintf("meta: {name: allow-client}\ndestination: api\naction: allow\nrules:\n- principals: [%q]\n", m.id("client")))
-	m.proxy("api", v1.port, nil, "--version", "v1")
-	m.proxy("api", v2.port, nil, "--version", "v2")
-	cl := m.proxy("client", clientApp.port, []string{"api"})
+	cl := startTPProxies(t, m, "grpc", v1.port, v2.port)
 	// Registered after the proxies', so it runs first: no call is still
 	// held when they drain.
 	t.Cleanup(gate.close)

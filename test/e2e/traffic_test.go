@@ -207,6 +207,21 @@ func tpHold(hc *http.Client, addr string, gate *tpGate, apps ...*tpApp) (<-chan 
 	}, func() tpResp { return tpDo(hc, addr, "/hold") }, "the request to /hold")
 }
 
+// startTPProxies declares the service "api" (protocol proto) with an
+// endpoint of version v1 and one of v2 in front of the apps on ports v1
+// and v2, and a client allowed to call it; it returns the client's proxy,
+// whose upstream "api" the test calls.
+func startTPProxies(t *testing.T, m *meshFixture, proto string, v1, v2 int) *testharness.Proxy {
+	t.Helper()
+	clientApp := startHTTPApp(t, "client")
+	m.service("api", proto, v1)
+	m.service("client", "http", clientApp.port)
+	m.policy(fmt.Sprintf("meta: {name: allow-client}\ndestination: api\naction: allow\nrules:\n- principals: [%q]\n", m.id("client")))
+	m.proxy("api", v1, nil, "--version", "v1")
+	m.proxy("api", v2, nil, "--version", "v2")
+	return m.proxy("client", clientApp.port, []string{"api"})
+}
+
 // holdOne starts call and returns once held (the apps' count of held
 // requests) has grown; what names the call in errors.
 func holdOne[R fmt.Stringer](gate *tpGate, held func() int64, call func() R, what string) (<-chan R, error) {
@@ -262,13 +277,7 @@ func TestProxyTrafficPolicy(t *testing.T) {
 	v1 := startTPApp(t, "v1", gate)
 	v2 := startTPApp(t, "v2", gate)
 	apps := []*tpApp{v1, v2}
-	clientApp := startHTTPApp(t, "client")
-	m.service("api", "http", v1.port)
-	m.service("client", "http", clientApp.port)
-	m.policy(fmt.Sprintf("meta: {name: allow-client}\ndestination: api\naction: allow\nrules:\n- principals: [%q]\n", m.id("client")))
-	m.proxy("api", v1.port, nil, "--version", "v1")
-	m.proxy("api", v2.port, nil, "--version", "v2")
-	cl := m.proxy("client", clientApp.port, []string{"api"})
+	cl := startTPProxies(t, m, "http", v1.port, v2.port)
 	// Registered after the proxies', so it runs first: no request is still
 	// held when they drain.
 	t.Cleanup(gate.close)
