@@ -86,17 +86,7 @@ func (a *grpcTPApp) intercept(ctx context.Context, req any, info *grpc.UnaryServ
 }
 
 // takeFailure uses up one of the failNext failures, if any is left.
-func (a *grpcTPApp) takeFailure() bool {
-	for {
-		n := a.failNext.Load()
-		if n <= 0 {
-			return false
-		}
-		if a.failNext.CompareAndSwap(n, n-1) {
-			return true
-		}
-	}
-}
+func (a *grpcTPApp) takeFailure() bool { return takeOne(&a.failNext) }
 
 // grpcTPResp is one Check call's outcome through the client proxy.
 type grpcTPResp struct {

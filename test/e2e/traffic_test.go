@@ -121,13 +121,16 @@ func (a *tpApp) serve(w http.ResponseWriter, r *http.Request) {
 }
 
 // takeFailure uses up one of the failNext failures, if any is left.
-func (a *tpApp) takeFailure() bool {
+func (a *tpApp) takeFailure() bool { return takeOne(&a.failNext) }
+
+// takeOne decrements n if it is above zero and reports whether it did.
+func takeOne(n *atomic.Int64) bool {
 	for {
-		n := a.failNext.Load()
-		if n <= 0 {
+		v := n.Load()
+		if v <= 0 {
 			return false
 		}
-		if a.failNext.CompareAndSwap(n, n-1) {
+		if n.CompareAndSwap(v, v-1) {
 			return true
 		}
 	}
