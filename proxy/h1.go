@@ -305,6 +305,8 @@ func (in *inbound) serveH1(tc net.Conn, caller spiffeid.ID) {
 			c = rawIO(c)
 			app = &appConn{c: c, br: bufio.NewReaderSize(c, 4096), bw: bufio.NewWriterSize(c, 4096)}
 		}
+		sp, traceOut := in.p.beginSpan(req.traceparent, spanKindServer)
+		req.traceOut = traceOut
 		if xfcc != "" {
 			req.writeRequestHead(app.bw, "X-Forwarded-Client-Cert", "X-Forwarded-Client-Cert", xfcc)
 		} else {
@@ -328,6 +330,10 @@ func (in *inbound) serveH1(tc net.Conn, caller spiffeid.ID) {
 			in.p.log.Warn("forwarding to the app failed", "err", err, "path", string(req.path()))
 			_ = writeH1Error(bw, http.StatusBadGateway, "app unavailable", true)
 			in.p.m.observe("inbound", source, in.dest, http.StatusBadGateway, time.Since(start))
+			if sp != nil {
+				sp.method, sp.path, sp.dest, sp.source = string(req.method), string(req.path()), in.dest, source
+				in.p.endSpan(sp, http.StatusBadGateway)
+			}
 			return
 		}
 		appClose := resp.close
@@ -339,6 +345,10 @@ func (in *inbound) serveH1(tc net.Conn, caller spiffeid.ID) {
 		}
 		dur := time.Since(start)
 		in.p.m.observe("inbound", source, in.dest, code, dur)
+		if sp != nil {
+			sp.method, sp.path, sp.dest, sp.source = string(req.method), string(req.path()), in.dest, source
+			in.p.endSpan(sp, code)
+		}
 		if in.p.accessLogs() {
 			in.p.acc.write(&accessEntry{Direction: "inbound", Protocol: "http", Source: source, Dest: in.dest,
 				Method: string(req.method), Path: string(req.path()), Code: code, Duration: ms(dur), Peer: tc.RemoteAddr().String(), Decision: "allow"}, start)
@@ -480,9 +490,18 @@ func (u *upstream) forwardH1(req, resp *h1Head, br *bufio.Reader, bw *bufio.Writ
 	rt := u.route.Load()
 	var ep *endpoint
 	code := 0
+	sp, traceOut := u.p.beginSpan(req.traceparent, spanKindClient)
+	req.traceOut = traceOut
 	defer func() {
 		dur := time.Since(start)
 		u.p.m.observe("outbound", u.p.self.String(), u.dest, code, dur)
+		if sp != nil {
+			sp.method, sp.path, sp.dest, sp.source = string(req.method), string(req.path()), u.dest, u.p.self.String()
+			if ep != nil {
+				sp.upstream = ep.addr
+			}
+			u.p.endSpan(sp, code)
+		}
 		if u.p.accessLogs() {
 			e := &accessEntry{Direction: "outbound", Protocol: "http", Source: u.p.self.String(), Dest: u.dest,
 				Method: string(req.method), Path: string(req.path()), Code: code, Duration: ms(dur)}

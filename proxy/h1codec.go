@@ -70,6 +70,11 @@ type h1Head struct {
 	// expectContinue: the client waits for "100 Continue" before it
 	// sends the body.
 	expectContinue bool
+
+	// traceparent is the request's traceparent field, if any; traceOut,
+	// when set, replaces it in the forwarded request.
+	traceparent []byte
+	traceOut    string
 }
 
 // h1Error is a malformed message: code is the status to answer a request
@@ -121,6 +126,7 @@ func (h *h1Head) readHead(br *bufio.Reader, request bool) error {
 	h.close, h.upgrade, h.hasHost, h.teHeader = false, false, false, false
 	h.connNamed = h.connNamed[:0]
 	h.expectContinue = false
+	h.traceparent, h.traceOut = nil, ""
 
 	var first []byte
 	for {
@@ -170,6 +176,9 @@ func (h *h1Head) readHead(br *bufio.Reader, request bool) error {
 			}
 		}
 		h.fields = append(h.fields, h1Field{name: line[:colon], value: value})
+		if colon == len("traceparent") && asciiEqualFold(line[:colon], "traceparent") {
+			h.traceparent = value
+		}
 	}
 	return h.frame(request)
 }
@@ -371,7 +380,8 @@ func (h *h1Head) writeRequestHead(bw *bufio.Writer, skip string, extra ...string
 		bw.WriteString(" HTTP/1.1\r\n")
 	}
 	for _, f := range h.fields {
-		if h.hopByHopField(f.name) || asciiEqualFold(f.name, "Expect") || (skip != "" && asciiEqualFold(f.name, skip)) {
+		if h.hopByHopField(f.name) || asciiEqualFold(f.name, "Expect") || (skip != "" && asciiEqualFold(f.name, skip)) ||
+			(h.traceOut != "" && asciiEqualFold(f.name, "traceparent")) {
 			continue
 		}
 		writeField(bw, f.name, f.value)
@@ -380,6 +390,11 @@ func (h *h1Head) writeRequestHead(bw *bufio.Writer, skip string, extra ...string
 		bw.WriteString(extra[i])
 		bw.WriteString(": ")
 		bw.WriteString(extra[i+1])
+		bw.WriteString("\r\n")
+	}
+	if h.traceOut != "" {
+		bw.WriteString("traceparent: ")
+		bw.WriteString(h.traceOut)
 		bw.WriteString("\r\n")
 	}
 	if h.body == bodyNone && h.length < 0 && bodyExpected(h.method) {

@@ -329,7 +329,12 @@ func (in *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		r.Header.Set("X-Forwarded-Client-Cert", authz.XFCC(in.p.self, caller))
 	}
 	sw := &statusWriter{ResponseWriter: w}
+	sp := beginHTTPSpan(in.p, r, spanKindServer, in.dest)
 	in.rp.ServeHTTP(sw, r)
+	if sp != nil {
+		sp.source = principalLabel(caller)
+		in.p.endSpan(sp, sw.code())
+	}
 	dur := time.Since(start)
 	in.p.m.observe("inbound", principalLabel(caller), in.dest, sw.code(), dur)
 	if in.p.accessLogs() {

@@ -50,6 +50,8 @@ type metrics struct {
 	overflow      *counterVec
 	ejections     *counterVec
 	rateLimited   *counterVec
+	spansExported *counterVec
+	spansDropped  *counterVec
 
 	certExpiryVal series
 
@@ -120,11 +122,17 @@ func newMetrics() *metrics {
 	m.rateLimited = newCounterVec("meshfed_proxy_rate_limited_total",
 		"Inbound requests and connections refused by the service's rate limit.",
 		"destination")
+	m.spansExported = newCounterVec("meshfed_proxy_spans_exported_total",
+		"Trace spans sent to the mesh settings' OTLP endpoint.")
+	m.spansDropped = newCounterVec("meshfed_proxy_spans_dropped_total",
+		"Trace spans not sent: the queue was full, no OTLP endpoint is set, or the export failed.",
+		"reason")
 	m.certExpiry = gauge{&m.certExpiryVal}
 
 	m.families = []family{
 		m.denied.family(), m.handshakeFail.family(), m.connections.family(),
 		m.healthy.family(), m.upstreamErr.family(), m.overflow.family(), m.ejections.family(), m.rateLimited.family(),
+		m.spansExported.family(), m.spansDropped.family(),
 		{"meshfed_proxy_certificate_expiry_timestamp_seconds", "When the proxy's current SVID expires (Unix time).", "gauge",
 			func(w *textWriter, _ *scrape) {
 				w.sample("", "", "", math.Float64frombits(m.certExpiryVal.bits.Load()))
@@ -345,6 +353,8 @@ func (v *counterVec) WithLabelValues(values ...string) counter { return counter{
 type counter struct{ s *series }
 
 func (c counter) Inc() { c.s.bits.Add(1) }
+
+func (c counter) Add(n uint64) { c.s.bits.Add(n) }
 
 // gaugeVec is a family of gauges; WithLabelValues takes the values in the
 // order the label names were given.

@@ -435,9 +435,17 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	sw := &statusWriter{ResponseWriter: w}
 	var ep *endpoint
+	sp := u.beginHTTPSpan(r, spanKindClient)
 	defer func() {
 		dur := time.Since(start)
 		u.p.m.observe("outbound", u.p.self.String(), u.dest, sw.code(), dur)
+		if sp != nil {
+			sp.source = u.p.self.String()
+			if ep != nil {
+				sp.upstream = ep.addr
+			}
+			u.p.endSpan(sp, sw.code())
+		}
 		if u.p.accessLogs() {
 			e := &accessEntry{Direction: "outbound", Protocol: "http", Source: u.p.self.String(), Dest: u.dest,
 				Method: r.Method, Path: r.URL.EscapedPath(), Code: sw.code(), Duration: ms(dur)}
@@ -499,6 +507,28 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 type pickedKey struct{}
 
 type routeKey struct{}
+
+// beginHTTPSpan decides whether a request through net/http is traced
+// and, when it is, replaces its traceparent.
+func (u *upstream) beginHTTPSpan(r *http.Request, kind int) *span {
+	return beginHTTPSpan(u.p, r, kind, u.dest)
+}
+
+func beginHTTPSpan(p *Proxy, r *http.Request, kind int, dest string) *span {
+	var in []byte
+	if v := r.Header.Get("Traceparent"); v != "" {
+		in = []byte(v)
+	}
+	sp, out := p.beginSpan(in, kind)
+	if out != "" {
+		r.Header.Set("Traceparent", out)
+	}
+	if sp != nil {
+		sp.method, sp.path, sp.dest = r.Method, r.URL.EscapedPath(), dest
+		sp.name = spanName(r.Method, sp.path, isGRPC(r))
+	}
+	return sp
+}
 
 // grpcCodeForHTTP maps an HTTP status to the gRPC code a client would
 // derive from it (gRPC's HTTP-to-gRPC status mapping).

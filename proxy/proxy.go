@@ -46,6 +46,9 @@ type Proxy struct {
 	service *meshfedv1.Service
 
 	settings atomic.Pointer[meshfedv1.MeshSettings]
+	// tracer exports the spans of sampled requests; runCtx is Run's.
+	tracer tracer
+	runCtx context.Context
 	// rateLimit is the service's inbound rate limit; nil: none.
 	rateLimit atomic.Pointer[rateLimit]
 	engine    atomic.Pointer[authz.Engine]
@@ -147,6 +150,8 @@ func registeredAddress(cfg Config) (string, error) {
 // stops. It returns an error if the proxy could not start.
 func (p *Proxy) Run(ctx context.Context) error {
 	runCtx, cancel := context.WithCancel(context.Background())
+	p.runCtx = runCtx
+	p.tracer.p = p
 	defer cancel()
 	defer p.wg.Wait()
 
