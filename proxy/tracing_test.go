@@ -3,8 +3,15 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"reflect"
 	"strings"
 	"testing"
+	"time"
+
+	collectortrace "go.opentelemetry.io/proto/otlp/collector/trace/v1"
+	commonv1 "go.opentelemetry.io/proto/otlp/common/v1"
+	tracev1 "go.opentelemetry.io/proto/otlp/trace/v1"
+	"google.golang.org/protobuf/proto"
 
 	meshfedv1 "github.com/meshfed/meshfed/api/meshfed/v1"
 )
@@ -115,5 +122,51 @@ func TestH1TraceParentReplaced(t *testing.T) {
 	bw.Flush()
 	if !strings.Contains(out.String(), "TraceParent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n") {
 		t.Fatalf("forwarded head:\n%s", out.String())
+	}
+}
+
+// TestEncodeSpansDecodesAsOTLP checks the hand-written encoding against
+// the OTLP protobuf definitions.
+func TestEncodeSpansDecodesAsOTLP(t *testing.T) {
+	p := &Proxy{cfg: Config{Service: "web", Namespace: "shop", Instance: "web-1"}}
+	start := time.Unix(1700000000, 5)
+	s := &span{trace: newTraceID(), id: newSpanID(), parent: newSpanID(), hasParent: true, kind: spanKindClient,
+		name: "GET", start: start, end: start.Add(time.Millisecond), method: "GET", path: "/x", code: 503,
+		dest: "shop/api", source: "spiffe://td/ns/shop/sa/web", upstream: "10.0.0.1:15443"}
+	raw := p.encodeSpans([]*span{s})
+	var req collectortrace.ExportTraceServiceRequest
+	if err := proto.Unmarshal(raw, &req); err != nil {
+		t.Fatal(err)
+	}
+	rs := req.GetResourceSpans()
+	if len(rs) != 1 || len(rs[0].GetScopeSpans()) != 1 || len(rs[0].GetScopeSpans()[0].GetSpans()) != 1 {
+		t.Fatalf("shape: %v", &req)
+	}
+	res := map[string]string{}
+	for _, kv := range rs[0].GetResource().GetAttributes() {
+		res[kv.GetKey()] = kv.GetValue().GetStringValue()
+	}
+	if res["service.name"] != "web" || res["service.namespace"] != "shop" || res["service.instance.id"] != "web-1" {
+		t.Errorf("resource %v", res)
+	}
+	got := rs[0].GetScopeSpans()[0].GetSpans()[0]
+	if !bytes.Equal(got.GetTraceId(), s.trace[:]) || !bytes.Equal(got.GetSpanId(), s.id[:]) || !bytes.Equal(got.GetParentSpanId(), s.parent[:]) ||
+		got.GetName() != "GET" || got.GetKind() != tracev1.Span_SPAN_KIND_CLIENT ||
+		got.GetStartTimeUnixNano() != uint64(start.UnixNano()) || got.GetEndTimeUnixNano() != uint64(start.Add(time.Millisecond).UnixNano()) ||
+		got.GetStatus().GetCode() != tracev1.Status_STATUS_CODE_ERROR {
+		t.Errorf("span %v", got)
+	}
+	attrs := map[string]any{}
+	for _, kv := range got.GetAttributes() {
+		if _, ok := kv.GetValue().GetValue().(*commonv1.AnyValue_IntValue); ok {
+			attrs[kv.GetKey()] = kv.GetValue().GetIntValue()
+		} else {
+			attrs[kv.GetKey()] = kv.GetValue().GetStringValue()
+		}
+	}
+	want := map[string]any{"http.request.method": "GET", "url.path": "/x", "http.response.status_code": int64(503),
+		"meshfed.destination": "shop/api", "meshfed.source": "spiffe://td/ns/shop/sa/web", "meshfed.upstream": "10.0.0.1:15443"}
+	if !reflect.DeepEqual(attrs, want) {
+		t.Errorf("attributes %v, want %v", attrs, want)
 	}
 }
