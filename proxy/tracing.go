@@ -5,7 +5,9 @@ import (
 	"crypto/tls"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"math/rand/v2"
+	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -271,18 +273,9 @@ func (t *tracer) connect(endpoint string) (*grpc.ClientConn, error) {
 		t.conn.Close()
 		t.conn = nil
 	}
-	creds := insecure.NewCredentials()
-	addr := endpoint
-	switch {
-	case strings.HasPrefix(endpoint, "https://"):
-		addr = strings.TrimPrefix(endpoint, "https://")
-		creds = credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS12})
-	case strings.HasPrefix(endpoint, "http://"):
-		addr = strings.TrimPrefix(endpoint, "http://")
-	}
-	addr = strings.TrimSuffix(addr, "/")
-	if addr == "" {
-		return nil, errors.New("otlp_endpoint has no address")
+	creds, addr, err := otlpTarget(endpoint)
+	if err != nil {
+		return nil, err
 	}
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
 	if err != nil {
@@ -290,6 +283,30 @@ func (t *tracer) connect(endpoint string) (*grpc.ClientConn, error) {
 	}
 	t.conn, t.target = conn, endpoint
 	return conn, nil
+}
+
+// otlpTarget turns an otlp_endpoint into a gRPC target and credentials:
+// "host:port" and "http://host:port" are plain text, "https://host:port"
+// is TLS with the system's roots; a URL's path is ignored (OTLP/gRPC has
+// none).
+func otlpTarget(endpoint string) (credentials.TransportCredentials, string, error) {
+	if !strings.Contains(endpoint, "://") {
+		return insecure.NewCredentials(), endpoint, nil
+	}
+	u, err := url.Parse(endpoint)
+	if err != nil {
+		return nil, "", fmt.Errorf("otlp_endpoint: %w", err)
+	}
+	if u.Host == "" {
+		return nil, "", errors.New("otlp_endpoint has no host")
+	}
+	switch u.Scheme {
+	case "http":
+		return insecure.NewCredentials(), u.Host, nil
+	case "https":
+		return credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS12}), u.Host, nil
+	}
+	return nil, "", fmt.Errorf("otlp_endpoint: scheme %q is neither http nor https", u.Scheme)
 }
 
 // rawMessage is an already encoded protobuf message.

@@ -170,3 +170,27 @@ func TestEncodeSpansDecodesAsOTLP(t *testing.T) {
 		t.Errorf("attributes %v, want %v", attrs, want)
 	}
 }
+
+func TestOTLPTarget(t *testing.T) {
+	for _, c := range []struct {
+		in, addr string
+		tls, bad bool
+	}{
+		{in: "collector.obs:4317", addr: "collector.obs:4317"},
+		{in: "http://[::1]:4317/v1", addr: "[::1]:4317"},
+		{in: "https://otel.example.org:4317", addr: "otel.example.org:4317", tls: true},
+		{in: "ftp://x:1", bad: true},
+		{in: "http://", bad: true},
+	} {
+		creds, addr, err := otlpTarget(c.in)
+		if c.bad {
+			if err == nil {
+				t.Errorf("%q: accepted", c.in)
+			}
+			continue
+		}
+		if err != nil || addr != c.addr || (creds.Info().SecurityProtocol == "tls") != c.tls {
+			t.Errorf("%q: %q %v %v", c.in, addr, creds.Info().SecurityProtocol, err)
+		}
+	}
+}
