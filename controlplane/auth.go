@@ -115,6 +115,9 @@ func policyFor(fullMethod string) methodPolicy {
 			return methodPolicy{permWorkload, fwdNever}
 		}
 		return methodPolicy{permWorkload, fwdIfConsistent}
+	case svc == "meshfed.v1.CatalogService" && m == "GetTopology":
+		// The leader collects the heartbeats the graph is made from.
+		return methodPolicy{permRead, fwdAlways}
 	case svc == "meshfed.v1.CAService" && m == "GetCAStatus":
 		// The leader owns the peer links and knows what each peer
 		// acknowledged.

@@ -56,6 +56,7 @@ func (s *Server) leaderLoop(ctx context.Context) {
 // lead establishes leadership and then reconciles membership until ctx ends.
 func (s *Server) lead(ctx context.Context) {
 	s.log.Info("acquired leadership")
+	s.topo.reset(time.Now())
 	defer s.log.Info("leadership lost or stepping down")
 	// The barrier makes the FSM current before we read it to decide anything.
 	for {

@@ -200,6 +200,9 @@ func (a *apiServer) Heartbeat(ctx context.Context, req *meshfedv1.HeartbeatReque
 			return resp, nil
 		}
 		s.liveness.saw(key, time.Now())
+		if attempt == 1 {
+			s.topo.record(p.namespace, w.GetService(), req.GetOutbound(), time.Now())
+		}
 		resp.Registered = true
 		if w.GetHealth() == health {
 			return resp, nil

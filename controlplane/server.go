@@ -66,6 +66,9 @@ type Server struct {
 	renewChecks svidCheckCache
 	// liveness is when each proxy last reported, while this server leads.
 	liveness proxyLiveness
+	// topo is who calls whom, from the proxies' heartbeats, while this
+	// server leads.
+	topo topology
 
 	// ctx lives as long as the server runs.
 	ctx context.Context

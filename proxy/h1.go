@@ -495,6 +495,9 @@ func (u *upstream) forwardH1(req, resp *h1Head, br *bufio.Reader, bw *bufio.Writ
 	defer func() {
 		dur := time.Since(start)
 		u.p.m.observe("outbound", u.p.self.String(), u.dest, code, dur)
+		if ep != nil {
+			ep.count(code)
+		}
 		if sp != nil {
 			sp.method, sp.path, sp.dest, sp.source = string(req.method), string(req.path()), u.dest, u.p.self.String()
 			if ep != nil {

@@ -49,7 +49,13 @@ type endpoint struct {
 	ejectedUntil atomic.Int64
 	// errs counts consecutive errors, ejections consecutive ejections.
 	errs, ejections atomic.Int64
-	version         string
+	// sent and failed count requests (and TCP connections) since the last
+	// heartbeat, for the control plane's topology.
+	sent, failed atomic.Uint64
+	// remote is the cluster of an endpoint imported from a peer; empty for
+	// a local one.
+	remote  string
+	version string
 }
 
 // endpointSet is one resolution of an upstream, immutable once built.
@@ -252,7 +258,10 @@ func (u *upstream) update(resp *meshfedv1.ResolveResponse) {
 			}
 			addr := net.JoinHostPort(e.GetAddress(), strconv.Itoa(int(e.GetPort())))
 			ep := &endpoint{addr: addr, id: id, cluster: cl.GetCluster(), version: e.GetVersion()}
-			if prev := old.lookup(addr); prev != nil && prev.id == id && prev.version == ep.version {
+			if cl.GetPeer() != "" {
+				ep.remote = cl.GetCluster()
+			}
+			if prev := old.lookup(addr); prev != nil && prev.id == id && prev.version == ep.version && prev.remote == ep.remote {
 				ep = prev
 			}
 			if !set.add(ep) {
@@ -439,6 +448,9 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer func() {
 		dur := time.Since(start)
 		u.p.m.observe("outbound", u.p.self.String(), u.dest, sw.code(), dur)
+		if ep != nil {
+			ep.count(sw.code())
+		}
 		if sp != nil {
 			sp.source = u.p.self.String()
 			if ep != nil {
@@ -908,8 +920,12 @@ func (u *upstream) serveTCP(c net.Conn) {
 		u.p.log.Warn("upstream connection failed", "upstream", u.dest, "err", err)
 		c.Close()
 		u.p.m.observe("outbound", u.p.self.String(), u.dest, 0, time.Since(start))
+		if last != nil {
+			last.count(0)
+		}
 		return
 	}
+	last.count(http.StatusOK) // a connection made
 	last.inflight.Add(1)
 	pipe(c, conn)
 	last.inflight.Add(-1)

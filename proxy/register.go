@@ -117,7 +117,12 @@ func (p *Proxy) register(ctx context.Context) {
 			}
 		} else {
 			var resp *meshfedv1.HeartbeatResponse
-			resp, err = p.control().proxy.Heartbeat(cctx, &meshfedv1.HeartbeatRequest{Instance: p.instance, Health: health})
+			out := p.takeTrafficCounts()
+			resp, err = p.control().proxy.Heartbeat(cctx, &meshfedv1.HeartbeatRequest{Instance: p.instance, Health: health, Outbound: out})
+			if err != nil {
+				// Counted again with the next heartbeat.
+				p.putBackTrafficCounts(out)
+			}
 			if err == nil {
 				if d := resp.GetHeartbeatInterval().AsDuration(); d > 0 {
 					interval = d

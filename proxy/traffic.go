@@ -4,6 +4,7 @@ import (
 	"context"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -394,4 +395,66 @@ func (p *Proxy) rateAllow(now time.Time) bool {
 	}
 	p.m.rateLimited.WithLabelValues(p.cfg.Namespace + "/" + p.cfg.Service).Inc()
 	return false
+}
+
+// count records one request (or TCP connection) to ep and whether it
+// failed (a 5xx answer, or none), for the topology heartbeats report.
+func (ep *endpoint) count(code int) {
+	ep.sent.Add(1)
+	if code >= 500 || code == 0 {
+		ep.failed.Add(1)
+	}
+}
+
+// takeTrafficCounts collects and clears what was sent to each upstream,
+// by the cluster of the endpoints that served it.
+func (p *Proxy) takeTrafficCounts() []*meshfedv1.TrafficCount {
+	var out []*meshfedv1.TrafficCount
+	for _, u := range p.upstreams {
+		set := u.set.Load()
+		if set == nil {
+			continue
+		}
+		var byCluster []*meshfedv1.TrafficCount
+		for _, ep := range set.all {
+			n := ep.sent.Swap(0)
+			if n == 0 {
+				continue
+			}
+			f := min(ep.failed.Swap(0), n)
+			cluster := ep.remote
+			i := slices.IndexFunc(byCluster, func(c *meshfedv1.TrafficCount) bool { return c.Cluster == cluster })
+			if i < 0 {
+				byCluster = append(byCluster, &meshfedv1.TrafficCount{Namespace: u.cfg.Namespace, Service: u.cfg.Service, Cluster: cluster})
+				i = len(byCluster) - 1
+			}
+			byCluster[i].Requests += n
+			byCluster[i].Errors += f
+		}
+		out = append(out, byCluster...)
+	}
+	return out
+}
+
+// putBackTrafficCounts keeps counts a failed heartbeat did not deliver;
+// they go to the first endpoint of their upstream and cluster.
+func (p *Proxy) putBackTrafficCounts(counts []*meshfedv1.TrafficCount) {
+	for _, c := range counts {
+		for _, u := range p.upstreams {
+			if u.cfg.Namespace != c.Namespace || u.cfg.Service != c.Service {
+				continue
+			}
+			set := u.set.Load()
+			if set == nil {
+				continue
+			}
+			for _, ep := range set.all {
+				if ep.remote == c.Cluster {
+					ep.sent.Add(c.Requests)
+					ep.failed.Add(c.Errors)
+					break
+				}
+			}
+		}
+	}
 }

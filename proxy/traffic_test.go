@@ -303,3 +303,29 @@ func TestReplayBody(t *testing.T) {
 		t.Fatal("a body over maxReplayBody is replayable")
 	}
 }
+
+func TestTrafficCounts(t *testing.T) {
+	p := &Proxy{}
+	u := newUpstream(p, Upstream{Namespace: "shop", Service: "api"})
+	set := testSet([]string{"l1", "l2"}, []string{"r1"})
+	set.all[2].remote = "west"
+	u.set.Store(set)
+	p.upstreams = []*upstream{u, newUpstream(p, Upstream{Namespace: "shop", Service: "idle"})}
+	set.all[0].count(200)
+	set.all[1].count(503)
+	set.all[1].count(0)
+	set.all[2].count(200)
+	got := p.takeTrafficCounts()
+	if len(got) != 2 || got[0].GetCluster() != "" || got[0].GetRequests() != 3 || got[0].GetErrors() != 2 ||
+		got[1].GetCluster() != "west" || got[1].GetRequests() != 1 || got[1].GetErrors() != 0 || got[0].GetService() != "api" {
+		t.Fatalf("counts %v", got)
+	}
+	if again := p.takeTrafficCounts(); len(again) != 0 {
+		t.Fatalf("counted twice: %v", again)
+	}
+	// A heartbeat that failed gives its counts back.
+	p.putBackTrafficCounts(got)
+	if back := p.takeTrafficCounts(); len(back) != 2 || back[0].GetRequests() != 3 || back[1].GetRequests() != 1 {
+		t.Fatalf("after putting back: %v", back)
+	}
+}

@@ -1,6 +1,10 @@
 package validate
 
-import meshfedv1 "github.com/meshfed/meshfed/api/meshfed/v1"
+import (
+	"fmt"
+
+	meshfedv1 "github.com/meshfed/meshfed/api/meshfed/v1"
+)
 
 // The requests of meshfed-proxy are checked field by field, and errors
 // name the request's fields ("instance", "address", ...): they are not a
@@ -25,8 +29,23 @@ func ProxyHeartbeat(r *meshfedv1.HeartbeatRequest) error {
 	c := &checker{}
 	c.dnsLabel("instance", r.GetInstance())
 	c.health("health", r.GetHealth())
+	if n := len(r.GetOutbound()); c.ok() && n > MaxTrafficCounts {
+		c.failf("outbound", "has %d entries; at most %d", n, MaxTrafficCounts)
+	}
+	for i, tc := range r.GetOutbound() {
+		p := fmt.Sprintf("outbound[%d]", i)
+		c.dnsLabel(p+".namespace", tc.GetNamespace())
+		c.dnsLabel(p+".service", tc.GetService())
+		c.optionalDNSLabel(p+".cluster", tc.GetCluster())
+		if c.ok() && tc.GetErrors() > tc.GetRequests() {
+			c.failf(p+".errors", "%d is more than its requests (%d)", tc.GetErrors(), tc.GetRequests())
+		}
+	}
 	return c.result()
 }
+
+// MaxTrafficCounts bounds the destinations one heartbeat reports.
+const MaxTrafficCounts = 10000
 
 // ProxyDeregistration validates a proxy's DeregisterEndpointRequest.
 func ProxyDeregistration(r *meshfedv1.DeregisterEndpointRequest) error {

@@ -138,6 +138,7 @@ printed as "Error: CODE: message"), 2 when the command line is wrong.`,
 		a.peeringCommand(),
 		a.exportsCommand(),
 		a.snapshotCommand(),
+		a.topologyCommand(),
 	)
 	return root
 }

@@ -1,12 +1,14 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -722,6 +724,47 @@ func TestProxyTrafficPolicy(t *testing.T) {
 		t.Logf("v1 was ejected after %d of its 500s reached the client; then 20 requests in a row were answered by v2", v1Errors)
 		if v1Errors < 2 {
 			t.Fatalf("only %d of v1's 500s reached the client before it stopped getting requests; with consecutive_errors 2 and no retries want 2:\n%s", v1Errors, strings.Join(answers, "\n"))
+		}
+	})
+
+	t.Run("topology", func(t *testing.T) {
+		// Every request above went from client to api: the proxies'
+		// heartbeats carry the counts to the leader.
+		sent := hits()
+		err := testharness.Poll(waitTimeout, func() error {
+			out, errOut, err := m.c.RunCLI(t, "topology", "-o", "json")
+			if err != nil {
+				return fmt.Errorf("meshfed topology: %v: %s", err, errOut)
+			}
+			var topo struct {
+				Edges []struct {
+					SourceNamespace, SourceService, DestinationNamespace, DestinationService, DestinationCluster string
+					Requests, Errors                                                                             string
+				}
+			}
+			if err := json.Unmarshal([]byte(out), &topo); err != nil {
+				return fmt.Errorf("meshfed topology -o json: %v:\n%s", err, out)
+			}
+			for _, e := range topo.Edges {
+				if e.SourceService != "client" || e.DestinationService != "api" {
+					return fmt.Errorf("unexpected edge %+v", e)
+				}
+				n, _ := strconv.ParseInt(e.Requests, 10, 64)
+				fails, _ := strconv.ParseInt(e.Errors, 10, 64)
+				if e.SourceNamespace != "default" || e.DestinationNamespace != "default" || e.DestinationCluster != "" {
+					return fmt.Errorf("edge %+v", e)
+				}
+				// Requests the apps saw, less retried ones, at least; and
+				// some failed (the 500s and 503s above).
+				if n < sent/2 || fails == 0 || fails > n {
+					return fmt.Errorf("edge client -> api: %d requests, %d errors; the apps received %d", n, fails, sent)
+				}
+				return nil
+			}
+			return fmt.Errorf("no edge yet:\n%s", out)
+		})
+		if err != nil {
+			t.Fatal(err)
 		}
 	})
 	t.Logf("TestProxyTrafficPolicy took %s", time.Since(begin).Round(time.Millisecond))

@@ -9,6 +9,7 @@ package meshfedv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -1347,12 +1348,297 @@ func (x *WatchResolveManyResponse) GetResolutions() []*ResolvedService {
 	return nil
 }
 
+// CatalogService manages services and their workloads.
+// TrafficCount is what a proxy sent to one destination service since its
+// previous heartbeat: requests (HTTP and gRPC) and TCP connections, and
+// how many of them failed (a 5xx answer, or no answer).
+type TrafficCount struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Service   string                 `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
+	// Cluster of the endpoints that served them; empty for the local one.
+	Cluster       string `protobuf:"bytes,3,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	Requests      uint64 `protobuf:"varint,4,opt,name=requests,proto3" json:"requests,omitempty"`
+	Errors        uint64 `protobuf:"varint,5,opt,name=errors,proto3" json:"errors,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TrafficCount) Reset() {
+	*x = TrafficCount{}
+	mi := &file_meshfed_v1_catalog_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TrafficCount) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TrafficCount) ProtoMessage() {}
+
+func (x *TrafficCount) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_v1_catalog_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TrafficCount.ProtoReflect.Descriptor instead.
+func (*TrafficCount) Descriptor() ([]byte, []int) {
+	return file_meshfed_v1_catalog_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *TrafficCount) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *TrafficCount) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *TrafficCount) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *TrafficCount) GetRequests() uint64 {
+	if x != nil {
+		return x.Requests
+	}
+	return 0
+}
+
+func (x *TrafficCount) GetErrors() uint64 {
+	if x != nil {
+		return x.Errors
+	}
+	return 0
+}
+
+// TopologyEdge is one caller service calling one destination service, as
+// the callers' proxies reported it to the leader.
+type TopologyEdge struct {
+	state                protoimpl.MessageState `protogen:"open.v1"`
+	SourceNamespace      string                 `protobuf:"bytes,1,opt,name=source_namespace,json=sourceNamespace,proto3" json:"source_namespace,omitempty"`
+	SourceService        string                 `protobuf:"bytes,2,opt,name=source_service,json=sourceService,proto3" json:"source_service,omitempty"`
+	DestinationNamespace string                 `protobuf:"bytes,3,opt,name=destination_namespace,json=destinationNamespace,proto3" json:"destination_namespace,omitempty"`
+	DestinationService   string                 `protobuf:"bytes,4,opt,name=destination_service,json=destinationService,proto3" json:"destination_service,omitempty"`
+	// Cluster that served the calls; empty for the local one.
+	DestinationCluster string `protobuf:"bytes,5,opt,name=destination_cluster,json=destinationCluster,proto3" json:"destination_cluster,omitempty"`
+	// Totals since the current leader took over.
+	Requests      uint64                 `protobuf:"varint,6,opt,name=requests,proto3" json:"requests,omitempty"`
+	Errors        uint64                 `protobuf:"varint,7,opt,name=errors,proto3" json:"errors,omitempty"`
+	LastSeen      *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TopologyEdge) Reset() {
+	*x = TopologyEdge{}
+	mi := &file_meshfed_v1_catalog_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TopologyEdge) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TopologyEdge) ProtoMessage() {}
+
+func (x *TopologyEdge) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_v1_catalog_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TopologyEdge.ProtoReflect.Descriptor instead.
+func (*TopologyEdge) Descriptor() ([]byte, []int) {
+	return file_meshfed_v1_catalog_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *TopologyEdge) GetSourceNamespace() string {
+	if x != nil {
+		return x.SourceNamespace
+	}
+	return ""
+}
+
+func (x *TopologyEdge) GetSourceService() string {
+	if x != nil {
+		return x.SourceService
+	}
+	return ""
+}
+
+func (x *TopologyEdge) GetDestinationNamespace() string {
+	if x != nil {
+		return x.DestinationNamespace
+	}
+	return ""
+}
+
+func (x *TopologyEdge) GetDestinationService() string {
+	if x != nil {
+		return x.DestinationService
+	}
+	return ""
+}
+
+func (x *TopologyEdge) GetDestinationCluster() string {
+	if x != nil {
+		return x.DestinationCluster
+	}
+	return ""
+}
+
+func (x *TopologyEdge) GetRequests() uint64 {
+	if x != nil {
+		return x.Requests
+	}
+	return 0
+}
+
+func (x *TopologyEdge) GetErrors() uint64 {
+	if x != nil {
+		return x.Errors
+	}
+	return 0
+}
+
+func (x *TopologyEdge) GetLastSeen() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastSeen
+	}
+	return nil
+}
+
+type GetTopologyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only edges whose source or destination is in this namespace; empty:
+	// all.
+	Namespace     string `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetTopologyRequest) Reset() {
+	*x = GetTopologyRequest{}
+	mi := &file_meshfed_v1_catalog_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetTopologyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetTopologyRequest) ProtoMessage() {}
+
+func (x *GetTopologyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_v1_catalog_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetTopologyRequest.ProtoReflect.Descriptor instead.
+func (*GetTopologyRequest) Descriptor() ([]byte, []int) {
+	return file_meshfed_v1_catalog_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *GetTopologyRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+// Topology is the graph of who calls whom, from edges seen recently.
+type Topology struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Edges []*TopologyEdge        `protobuf:"bytes,1,rep,name=edges,proto3" json:"edges,omitempty"`
+	// When the leader started collecting (took over).
+	Since         *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=since,proto3" json:"since,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Topology) Reset() {
+	*x = Topology{}
+	mi := &file_meshfed_v1_catalog_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Topology) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Topology) ProtoMessage() {}
+
+func (x *Topology) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_v1_catalog_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Topology.ProtoReflect.Descriptor instead.
+func (*Topology) Descriptor() ([]byte, []int) {
+	return file_meshfed_v1_catalog_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *Topology) GetEdges() []*TopologyEdge {
+	if x != nil {
+		return x.Edges
+	}
+	return nil
+}
+
+func (x *Topology) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
 var File_meshfed_v1_catalog_proto protoreflect.FileDescriptor
 
 const file_meshfed_v1_catalog_proto_rawDesc = "" +
 	"\n" +
 	"\x18meshfed/v1/catalog.proto\x12\n" +
-	"meshfed.v1\x1a\x15meshfed/v1/meta.proto\"\x9e\x01\n" +
+	"meshfed.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15meshfed/v1/meta.proto\"\x9e\x01\n" +
 	"\aService\x12$\n" +
 	"\x04meta\x18\x01 \x01(\v2\x10.meshfed.v1.MetaR\x04meta\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x120\n" +
@@ -1436,7 +1722,27 @@ const file_meshfed_v1_catalog_proto_rawDesc = "" +
 	"resolution\x18\x03 \x01(\v2\x1b.meshfed.v1.ResolveResponseR\n" +
 	"resolution\"Y\n" +
 	"\x18WatchResolveManyResponse\x12=\n" +
-	"\vresolutions\x18\x01 \x03(\v2\x1b.meshfed.v1.ResolvedServiceR\vresolutions*\\\n" +
+	"\vresolutions\x18\x01 \x03(\v2\x1b.meshfed.v1.ResolvedServiceR\vresolutions\"\x94\x01\n" +
+	"\fTrafficCount\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x18\n" +
+	"\aservice\x18\x02 \x01(\tR\aservice\x12\x18\n" +
+	"\acluster\x18\x03 \x01(\tR\acluster\x12\x1a\n" +
+	"\brequests\x18\x04 \x01(\x04R\brequests\x12\x16\n" +
+	"\x06errors\x18\x05 \x01(\x04R\x06errors\"\xe4\x02\n" +
+	"\fTopologyEdge\x12)\n" +
+	"\x10source_namespace\x18\x01 \x01(\tR\x0fsourceNamespace\x12%\n" +
+	"\x0esource_service\x18\x02 \x01(\tR\rsourceService\x123\n" +
+	"\x15destination_namespace\x18\x03 \x01(\tR\x14destinationNamespace\x12/\n" +
+	"\x13destination_service\x18\x04 \x01(\tR\x12destinationService\x12/\n" +
+	"\x13destination_cluster\x18\x05 \x01(\tR\x12destinationCluster\x12\x1a\n" +
+	"\brequests\x18\x06 \x01(\x04R\brequests\x12\x16\n" +
+	"\x06errors\x18\a \x01(\x04R\x06errors\x127\n" +
+	"\tlast_seen\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\"2\n" +
+	"\x12GetTopologyRequest\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\"l\n" +
+	"\bTopology\x12.\n" +
+	"\x05edges\x18\x01 \x03(\v2\x18.meshfed.v1.TopologyEdgeR\x05edges\x120\n" +
+	"\x05since\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x05since*\\\n" +
 	"\bProtocol\x12\x18\n" +
 	"\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rPROTOCOL_HTTP\x10\x01\x12\x11\n" +
@@ -1446,7 +1752,7 @@ const file_meshfed_v1_catalog_proto_rawDesc = "" +
 	"\x19HEALTH_STATUS_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15HEALTH_STATUS_HEALTHY\x10\x01\x12\x1b\n" +
 	"\x17HEALTH_STATUS_UNHEALTHY\x10\x02\x12\x19\n" +
-	"\x15HEALTH_STATUS_UNKNOWN\x10\x032\xe9\b\n" +
+	"\x15HEALTH_STATUS_UNKNOWN\x10\x032\xae\t\n" +
 	"\x0eCatalogService\x12F\n" +
 	"\rCreateService\x12 .meshfed.v1.CreateServiceRequest\x1a\x13.meshfed.v1.Service\x129\n" +
 	"\n" +
@@ -1462,7 +1768,8 @@ const file_meshfed_v1_catalog_proto_rawDesc = "" +
 	"\x0eDeleteWorkload\x12\x19.meshfed.v1.DeleteRequest\x1a\x1a.meshfed.v1.DeleteResponse\x12P\n" +
 	"\x0eWatchWorkloads\x12\x18.meshfed.v1.WatchRequest\x1a\".meshfed.v1.WatchWorkloadsResponse0\x01\x12B\n" +
 	"\aResolve\x12\x1a.meshfed.v1.ResolveRequest\x1a\x1b.meshfed.v1.ResolveResponse\x12I\n" +
-	"\fWatchResolve\x12\x1a.meshfed.v1.ResolveRequest\x1a\x1b.meshfed.v1.ResolveResponse0\x01\x12_\n" +
+	"\fWatchResolve\x12\x1a.meshfed.v1.ResolveRequest\x1a\x1b.meshfed.v1.ResolveResponse0\x01\x12C\n" +
+	"\vGetTopology\x12\x1e.meshfed.v1.GetTopologyRequest\x1a\x14.meshfed.v1.Topology\x12_\n" +
 	"\x10WatchResolveMany\x12#.meshfed.v1.WatchResolveManyRequest\x1a$.meshfed.v1.WatchResolveManyResponse0\x01B5Z3github.com/meshfed/meshfed/api/meshfed/v1;meshfedv1b\x06proto3"
 
 var (
@@ -1478,7 +1785,7 @@ func file_meshfed_v1_catalog_proto_rawDescGZIP() []byte {
 }
 
 var file_meshfed_v1_catalog_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_meshfed_v1_catalog_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_meshfed_v1_catalog_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_meshfed_v1_catalog_proto_goTypes = []any{
 	(Protocol)(0),                    // 0: meshfed.v1.Protocol
 	(HealthStatus)(0),                // 1: meshfed.v1.HealthStatus
@@ -1501,18 +1808,23 @@ var file_meshfed_v1_catalog_proto_goTypes = []any{
 	(*WatchResolveManyRequest)(nil),  // 18: meshfed.v1.WatchResolveManyRequest
 	(*ResolvedService)(nil),          // 19: meshfed.v1.ResolvedService
 	(*WatchResolveManyResponse)(nil), // 20: meshfed.v1.WatchResolveManyResponse
-	(*Meta)(nil),                     // 21: meshfed.v1.Meta
-	(WatchEventType)(0),              // 22: meshfed.v1.WatchEventType
-	(*GetRequest)(nil),               // 23: meshfed.v1.GetRequest
-	(*ListRequest)(nil),              // 24: meshfed.v1.ListRequest
-	(*DeleteRequest)(nil),            // 25: meshfed.v1.DeleteRequest
-	(*WatchRequest)(nil),             // 26: meshfed.v1.WatchRequest
-	(*DeleteResponse)(nil),           // 27: meshfed.v1.DeleteResponse
+	(*TrafficCount)(nil),             // 21: meshfed.v1.TrafficCount
+	(*TopologyEdge)(nil),             // 22: meshfed.v1.TopologyEdge
+	(*GetTopologyRequest)(nil),       // 23: meshfed.v1.GetTopologyRequest
+	(*Topology)(nil),                 // 24: meshfed.v1.Topology
+	(*Meta)(nil),                     // 25: meshfed.v1.Meta
+	(WatchEventType)(0),              // 26: meshfed.v1.WatchEventType
+	(*timestamppb.Timestamp)(nil),    // 27: google.protobuf.Timestamp
+	(*GetRequest)(nil),               // 28: meshfed.v1.GetRequest
+	(*ListRequest)(nil),              // 29: meshfed.v1.ListRequest
+	(*DeleteRequest)(nil),            // 30: meshfed.v1.DeleteRequest
+	(*WatchRequest)(nil),             // 31: meshfed.v1.WatchRequest
+	(*DeleteResponse)(nil),           // 32: meshfed.v1.DeleteResponse
 }
 var file_meshfed_v1_catalog_proto_depIdxs = []int32{
-	21, // 0: meshfed.v1.Service.meta:type_name -> meshfed.v1.Meta
+	25, // 0: meshfed.v1.Service.meta:type_name -> meshfed.v1.Meta
 	0,  // 1: meshfed.v1.Service.protocol:type_name -> meshfed.v1.Protocol
-	21, // 2: meshfed.v1.Workload.meta:type_name -> meshfed.v1.Meta
+	25, // 2: meshfed.v1.Workload.meta:type_name -> meshfed.v1.Meta
 	3,  // 3: meshfed.v1.Workload.locality:type_name -> meshfed.v1.Locality
 	1,  // 4: meshfed.v1.Workload.health:type_name -> meshfed.v1.HealthStatus
 	3,  // 5: meshfed.v1.Endpoint.locality:type_name -> meshfed.v1.Locality
@@ -1521,12 +1833,12 @@ var file_meshfed_v1_catalog_proto_depIdxs = []int32{
 	2,  // 8: meshfed.v1.CreateServiceRequest.service:type_name -> meshfed.v1.Service
 	2,  // 9: meshfed.v1.UpdateServiceRequest.service:type_name -> meshfed.v1.Service
 	2,  // 10: meshfed.v1.ListServicesResponse.services:type_name -> meshfed.v1.Service
-	22, // 11: meshfed.v1.WatchServicesResponse.type:type_name -> meshfed.v1.WatchEventType
+	26, // 11: meshfed.v1.WatchServicesResponse.type:type_name -> meshfed.v1.WatchEventType
 	2,  // 12: meshfed.v1.WatchServicesResponse.service:type_name -> meshfed.v1.Service
 	4,  // 13: meshfed.v1.CreateWorkloadRequest.workload:type_name -> meshfed.v1.Workload
 	4,  // 14: meshfed.v1.UpdateWorkloadRequest.workload:type_name -> meshfed.v1.Workload
 	4,  // 15: meshfed.v1.ListWorkloadsResponse.workloads:type_name -> meshfed.v1.Workload
-	22, // 16: meshfed.v1.WatchWorkloadsResponse.type:type_name -> meshfed.v1.WatchEventType
+	26, // 16: meshfed.v1.WatchWorkloadsResponse.type:type_name -> meshfed.v1.WatchEventType
 	4,  // 17: meshfed.v1.WatchWorkloadsResponse.workload:type_name -> meshfed.v1.Workload
 	3,  // 18: meshfed.v1.ResolveRequest.locality:type_name -> meshfed.v1.Locality
 	2,  // 19: meshfed.v1.ResolveResponse.service:type_name -> meshfed.v1.Service
@@ -1535,41 +1847,46 @@ var file_meshfed_v1_catalog_proto_depIdxs = []int32{
 	3,  // 22: meshfed.v1.WatchResolveManyRequest.locality:type_name -> meshfed.v1.Locality
 	16, // 23: meshfed.v1.ResolvedService.resolution:type_name -> meshfed.v1.ResolveResponse
 	19, // 24: meshfed.v1.WatchResolveManyResponse.resolutions:type_name -> meshfed.v1.ResolvedService
-	7,  // 25: meshfed.v1.CatalogService.CreateService:input_type -> meshfed.v1.CreateServiceRequest
-	23, // 26: meshfed.v1.CatalogService.GetService:input_type -> meshfed.v1.GetRequest
-	24, // 27: meshfed.v1.CatalogService.ListServices:input_type -> meshfed.v1.ListRequest
-	8,  // 28: meshfed.v1.CatalogService.UpdateService:input_type -> meshfed.v1.UpdateServiceRequest
-	25, // 29: meshfed.v1.CatalogService.DeleteService:input_type -> meshfed.v1.DeleteRequest
-	26, // 30: meshfed.v1.CatalogService.WatchServices:input_type -> meshfed.v1.WatchRequest
-	11, // 31: meshfed.v1.CatalogService.CreateWorkload:input_type -> meshfed.v1.CreateWorkloadRequest
-	23, // 32: meshfed.v1.CatalogService.GetWorkload:input_type -> meshfed.v1.GetRequest
-	24, // 33: meshfed.v1.CatalogService.ListWorkloads:input_type -> meshfed.v1.ListRequest
-	12, // 34: meshfed.v1.CatalogService.UpdateWorkload:input_type -> meshfed.v1.UpdateWorkloadRequest
-	25, // 35: meshfed.v1.CatalogService.DeleteWorkload:input_type -> meshfed.v1.DeleteRequest
-	26, // 36: meshfed.v1.CatalogService.WatchWorkloads:input_type -> meshfed.v1.WatchRequest
-	15, // 37: meshfed.v1.CatalogService.Resolve:input_type -> meshfed.v1.ResolveRequest
-	15, // 38: meshfed.v1.CatalogService.WatchResolve:input_type -> meshfed.v1.ResolveRequest
-	18, // 39: meshfed.v1.CatalogService.WatchResolveMany:input_type -> meshfed.v1.WatchResolveManyRequest
-	2,  // 40: meshfed.v1.CatalogService.CreateService:output_type -> meshfed.v1.Service
-	2,  // 41: meshfed.v1.CatalogService.GetService:output_type -> meshfed.v1.Service
-	9,  // 42: meshfed.v1.CatalogService.ListServices:output_type -> meshfed.v1.ListServicesResponse
-	2,  // 43: meshfed.v1.CatalogService.UpdateService:output_type -> meshfed.v1.Service
-	27, // 44: meshfed.v1.CatalogService.DeleteService:output_type -> meshfed.v1.DeleteResponse
-	10, // 45: meshfed.v1.CatalogService.WatchServices:output_type -> meshfed.v1.WatchServicesResponse
-	4,  // 46: meshfed.v1.CatalogService.CreateWorkload:output_type -> meshfed.v1.Workload
-	4,  // 47: meshfed.v1.CatalogService.GetWorkload:output_type -> meshfed.v1.Workload
-	13, // 48: meshfed.v1.CatalogService.ListWorkloads:output_type -> meshfed.v1.ListWorkloadsResponse
-	4,  // 49: meshfed.v1.CatalogService.UpdateWorkload:output_type -> meshfed.v1.Workload
-	27, // 50: meshfed.v1.CatalogService.DeleteWorkload:output_type -> meshfed.v1.DeleteResponse
-	14, // 51: meshfed.v1.CatalogService.WatchWorkloads:output_type -> meshfed.v1.WatchWorkloadsResponse
-	16, // 52: meshfed.v1.CatalogService.Resolve:output_type -> meshfed.v1.ResolveResponse
-	16, // 53: meshfed.v1.CatalogService.WatchResolve:output_type -> meshfed.v1.ResolveResponse
-	20, // 54: meshfed.v1.CatalogService.WatchResolveMany:output_type -> meshfed.v1.WatchResolveManyResponse
-	40, // [40:55] is the sub-list for method output_type
-	25, // [25:40] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	27, // 25: meshfed.v1.TopologyEdge.last_seen:type_name -> google.protobuf.Timestamp
+	22, // 26: meshfed.v1.Topology.edges:type_name -> meshfed.v1.TopologyEdge
+	27, // 27: meshfed.v1.Topology.since:type_name -> google.protobuf.Timestamp
+	7,  // 28: meshfed.v1.CatalogService.CreateService:input_type -> meshfed.v1.CreateServiceRequest
+	28, // 29: meshfed.v1.CatalogService.GetService:input_type -> meshfed.v1.GetRequest
+	29, // 30: meshfed.v1.CatalogService.ListServices:input_type -> meshfed.v1.ListRequest
+	8,  // 31: meshfed.v1.CatalogService.UpdateService:input_type -> meshfed.v1.UpdateServiceRequest
+	30, // 32: meshfed.v1.CatalogService.DeleteService:input_type -> meshfed.v1.DeleteRequest
+	31, // 33: meshfed.v1.CatalogService.WatchServices:input_type -> meshfed.v1.WatchRequest
+	11, // 34: meshfed.v1.CatalogService.CreateWorkload:input_type -> meshfed.v1.CreateWorkloadRequest
+	28, // 35: meshfed.v1.CatalogService.GetWorkload:input_type -> meshfed.v1.GetRequest
+	29, // 36: meshfed.v1.CatalogService.ListWorkloads:input_type -> meshfed.v1.ListRequest
+	12, // 37: meshfed.v1.CatalogService.UpdateWorkload:input_type -> meshfed.v1.UpdateWorkloadRequest
+	30, // 38: meshfed.v1.CatalogService.DeleteWorkload:input_type -> meshfed.v1.DeleteRequest
+	31, // 39: meshfed.v1.CatalogService.WatchWorkloads:input_type -> meshfed.v1.WatchRequest
+	15, // 40: meshfed.v1.CatalogService.Resolve:input_type -> meshfed.v1.ResolveRequest
+	15, // 41: meshfed.v1.CatalogService.WatchResolve:input_type -> meshfed.v1.ResolveRequest
+	23, // 42: meshfed.v1.CatalogService.GetTopology:input_type -> meshfed.v1.GetTopologyRequest
+	18, // 43: meshfed.v1.CatalogService.WatchResolveMany:input_type -> meshfed.v1.WatchResolveManyRequest
+	2,  // 44: meshfed.v1.CatalogService.CreateService:output_type -> meshfed.v1.Service
+	2,  // 45: meshfed.v1.CatalogService.GetService:output_type -> meshfed.v1.Service
+	9,  // 46: meshfed.v1.CatalogService.ListServices:output_type -> meshfed.v1.ListServicesResponse
+	2,  // 47: meshfed.v1.CatalogService.UpdateService:output_type -> meshfed.v1.Service
+	32, // 48: meshfed.v1.CatalogService.DeleteService:output_type -> meshfed.v1.DeleteResponse
+	10, // 49: meshfed.v1.CatalogService.WatchServices:output_type -> meshfed.v1.WatchServicesResponse
+	4,  // 50: meshfed.v1.CatalogService.CreateWorkload:output_type -> meshfed.v1.Workload
+	4,  // 51: meshfed.v1.CatalogService.GetWorkload:output_type -> meshfed.v1.Workload
+	13, // 52: meshfed.v1.CatalogService.ListWorkloads:output_type -> meshfed.v1.ListWorkloadsResponse
+	4,  // 53: meshfed.v1.CatalogService.UpdateWorkload:output_type -> meshfed.v1.Workload
+	32, // 54: meshfed.v1.CatalogService.DeleteWorkload:output_type -> meshfed.v1.DeleteResponse
+	14, // 55: meshfed.v1.CatalogService.WatchWorkloads:output_type -> meshfed.v1.WatchWorkloadsResponse
+	16, // 56: meshfed.v1.CatalogService.Resolve:output_type -> meshfed.v1.ResolveResponse
+	16, // 57: meshfed.v1.CatalogService.WatchResolve:output_type -> meshfed.v1.ResolveResponse
+	24, // 58: meshfed.v1.CatalogService.GetTopology:output_type -> meshfed.v1.Topology
+	20, // 59: meshfed.v1.CatalogService.WatchResolveMany:output_type -> meshfed.v1.WatchResolveManyResponse
+	44, // [44:60] is the sub-list for method output_type
+	28, // [28:44] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_meshfed_v1_catalog_proto_init() }
@@ -1584,7 +1901,7 @@ func file_meshfed_v1_catalog_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshfed_v1_catalog_proto_rawDesc), len(file_meshfed_v1_catalog_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   19,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

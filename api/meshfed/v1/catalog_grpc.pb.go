@@ -33,14 +33,13 @@ const (
 	CatalogService_WatchWorkloads_FullMethodName   = "/meshfed.v1.CatalogService/WatchWorkloads"
 	CatalogService_Resolve_FullMethodName          = "/meshfed.v1.CatalogService/Resolve"
 	CatalogService_WatchResolve_FullMethodName     = "/meshfed.v1.CatalogService/WatchResolve"
+	CatalogService_GetTopology_FullMethodName      = "/meshfed.v1.CatalogService/GetTopology"
 	CatalogService_WatchResolveMany_FullMethodName = "/meshfed.v1.CatalogService/WatchResolveMany"
 )
 
 // CatalogServiceClient is the client API for CatalogService service.
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
-//
-// CatalogService manages services and their workloads.
 type CatalogServiceClient interface {
 	CreateService(ctx context.Context, in *CreateServiceRequest, opts ...grpc.CallOption) (*Service, error)
 	GetService(ctx context.Context, in *GetRequest, opts ...grpc.CallOption) (*Service, error)
@@ -58,6 +57,9 @@ type CatalogServiceClient interface {
 	// cluster in failover order.
 	Resolve(ctx context.Context, in *ResolveRequest, opts ...grpc.CallOption) (*ResolveResponse, error)
 	WatchResolve(ctx context.Context, in *ResolveRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ResolveResponse], error)
+	// GetTopology returns which services call which, from the traffic
+	// counts proxies send with their heartbeats (served by the leader).
+	GetTopology(ctx context.Context, in *GetTopologyRequest, opts ...grpc.CallOption) (*Topology, error)
 	// WatchResolveMany follows many services on one stream: what a proxy
 	// with many upstreams uses.
 	WatchResolveMany(ctx context.Context, in *WatchResolveManyRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchResolveManyResponse], error)
@@ -238,6 +240,16 @@ func (c *catalogServiceClient) WatchResolve(ctx context.Context, in *ResolveRequ
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type CatalogService_WatchResolveClient = grpc.ServerStreamingClient[ResolveResponse]
 
+func (c *catalogServiceClient) GetTopology(ctx context.Context, in *GetTopologyRequest, opts ...grpc.CallOption) (*Topology, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Topology)
+	err := c.cc.Invoke(ctx, CatalogService_GetTopology_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *catalogServiceClient) WatchResolveMany(ctx context.Context, in *WatchResolveManyRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchResolveManyResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	stream, err := c.cc.NewStream(ctx, &CatalogService_ServiceDesc.Streams[3], CatalogService_WatchResolveMany_FullMethodName, cOpts...)
@@ -260,8 +272,6 @@ type CatalogService_WatchResolveManyClient = grpc.ServerStreamingClient[WatchRes
 // CatalogServiceServer is the server API for CatalogService service.
 // All implementations must embed UnimplementedCatalogServiceServer
 // for forward compatibility.
-//
-// CatalogService manages services and their workloads.
 type CatalogServiceServer interface {
 	CreateService(context.Context, *CreateServiceRequest) (*Service, error)
 	GetService(context.Context, *GetRequest) (*Service, error)
@@ -279,6 +289,9 @@ type CatalogServiceServer interface {
 	// cluster in failover order.
 	Resolve(context.Context, *ResolveRequest) (*ResolveResponse, error)
 	WatchResolve(*ResolveRequest, grpc.ServerStreamingServer[ResolveResponse]) error
+	// GetTopology returns which services call which, from the traffic
+	// counts proxies send with their heartbeats (served by the leader).
+	GetTopology(context.Context, *GetTopologyRequest) (*Topology, error)
 	// WatchResolveMany follows many services on one stream: what a proxy
 	// with many upstreams uses.
 	WatchResolveMany(*WatchResolveManyRequest, grpc.ServerStreamingServer[WatchResolveManyResponse]) error
@@ -333,6 +346,9 @@ func (UnimplementedCatalogServiceServer) Resolve(context.Context, *ResolveReques
 }
 func (UnimplementedCatalogServiceServer) WatchResolve(*ResolveRequest, grpc.ServerStreamingServer[ResolveResponse]) error {
 	return status.Error(codes.Unimplemented, "method WatchResolve not implemented")
+}
+func (UnimplementedCatalogServiceServer) GetTopology(context.Context, *GetTopologyRequest) (*Topology, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetTopology not implemented")
 }
 func (UnimplementedCatalogServiceServer) WatchResolveMany(*WatchResolveManyRequest, grpc.ServerStreamingServer[WatchResolveManyResponse]) error {
 	return status.Error(codes.Unimplemented, "method WatchResolveMany not implemented")
@@ -589,6 +605,24 @@ func _CatalogService_WatchResolve_Handler(srv interface{}, stream grpc.ServerStr
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type CatalogService_WatchResolveServer = grpc.ServerStreamingServer[ResolveResponse]
 
+func _CatalogService_GetTopology_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetTopologyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CatalogServiceServer).GetTopology(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CatalogService_GetTopology_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CatalogServiceServer).GetTopology(ctx, req.(*GetTopologyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _CatalogService_WatchResolveMany_Handler(srv interface{}, stream grpc.ServerStream) error {
 	m := new(WatchResolveManyRequest)
 	if err := stream.RecvMsg(m); err != nil {
@@ -650,6 +684,10 @@ var CatalogService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Resolve",
 			Handler:    _CatalogService_Resolve_Handler,
+		},
+		{
+			MethodName: "GetTopology",
+			Handler:    _CatalogService_GetTopology_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

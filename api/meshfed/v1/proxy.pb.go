@@ -189,7 +189,9 @@ type HeartbeatRequest struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Instance string                 `protobuf:"bytes,1,opt,name=instance,proto3" json:"instance,omitempty"`
 	// Health of the application now.
-	Health        HealthStatus `protobuf:"varint,2,opt,name=health,proto3,enum=meshfed.v1.HealthStatus" json:"health,omitempty"`
+	Health HealthStatus `protobuf:"varint,2,opt,name=health,proto3,enum=meshfed.v1.HealthStatus" json:"health,omitempty"`
+	// What the proxy sent to each destination since its previous heartbeat.
+	Outbound      []*TrafficCount `protobuf:"bytes,3,rep,name=outbound,proto3" json:"outbound,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -236,6 +238,13 @@ func (x *HeartbeatRequest) GetHealth() HealthStatus {
 		return x.Health
 	}
 	return HealthStatus_HEALTH_STATUS_UNSPECIFIED
+}
+
+func (x *HeartbeatRequest) GetOutbound() []*TrafficCount {
+	if x != nil {
+		return x.Outbound
+	}
+	return nil
 }
 
 type HeartbeatResponse struct {
@@ -389,10 +398,11 @@ const file_meshfed_v1_proxy_proto_rawDesc = "" +
 	"\x18RegisterEndpointResponse\x120\n" +
 	"\bworkload\x18\x01 \x01(\v2\x14.meshfed.v1.WorkloadR\bworkload\x12H\n" +
 	"\x12heartbeat_interval\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\x12>\n" +
-	"\rheartbeat_ttl\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\fheartbeatTtl\"`\n" +
+	"\rheartbeat_ttl\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\fheartbeatTtl\"\x96\x01\n" +
 	"\x10HeartbeatRequest\x12\x1a\n" +
 	"\binstance\x18\x01 \x01(\tR\binstance\x120\n" +
-	"\x06health\x18\x02 \x01(\x0e2\x18.meshfed.v1.HealthStatusR\x06health\"}\n" +
+	"\x06health\x18\x02 \x01(\x0e2\x18.meshfed.v1.HealthStatusR\x06health\x124\n" +
+	"\boutbound\x18\x03 \x03(\v2\x18.meshfed.v1.TrafficCountR\boutbound\"}\n" +
 	"\x11HeartbeatResponse\x12H\n" +
 	"\x12heartbeat_interval\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\x12\x1e\n" +
 	"\n" +
@@ -430,6 +440,7 @@ var file_meshfed_v1_proxy_proto_goTypes = []any{
 	(HealthStatus)(0),                  // 7: meshfed.v1.HealthStatus
 	(*Workload)(nil),                   // 8: meshfed.v1.Workload
 	(*durationpb.Duration)(nil),        // 9: google.protobuf.Duration
+	(*TrafficCount)(nil),               // 10: meshfed.v1.TrafficCount
 }
 var file_meshfed_v1_proxy_proto_depIdxs = []int32{
 	6,  // 0: meshfed.v1.RegisterEndpointRequest.locality:type_name -> meshfed.v1.Locality
@@ -438,18 +449,19 @@ var file_meshfed_v1_proxy_proto_depIdxs = []int32{
 	9,  // 3: meshfed.v1.RegisterEndpointResponse.heartbeat_interval:type_name -> google.protobuf.Duration
 	9,  // 4: meshfed.v1.RegisterEndpointResponse.heartbeat_ttl:type_name -> google.protobuf.Duration
 	7,  // 5: meshfed.v1.HeartbeatRequest.health:type_name -> meshfed.v1.HealthStatus
-	9,  // 6: meshfed.v1.HeartbeatResponse.heartbeat_interval:type_name -> google.protobuf.Duration
-	0,  // 7: meshfed.v1.ProxyService.RegisterEndpoint:input_type -> meshfed.v1.RegisterEndpointRequest
-	2,  // 8: meshfed.v1.ProxyService.Heartbeat:input_type -> meshfed.v1.HeartbeatRequest
-	4,  // 9: meshfed.v1.ProxyService.DeregisterEndpoint:input_type -> meshfed.v1.DeregisterEndpointRequest
-	1,  // 10: meshfed.v1.ProxyService.RegisterEndpoint:output_type -> meshfed.v1.RegisterEndpointResponse
-	3,  // 11: meshfed.v1.ProxyService.Heartbeat:output_type -> meshfed.v1.HeartbeatResponse
-	5,  // 12: meshfed.v1.ProxyService.DeregisterEndpoint:output_type -> meshfed.v1.DeregisterEndpointResponse
-	10, // [10:13] is the sub-list for method output_type
-	7,  // [7:10] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	10, // 6: meshfed.v1.HeartbeatRequest.outbound:type_name -> meshfed.v1.TrafficCount
+	9,  // 7: meshfed.v1.HeartbeatResponse.heartbeat_interval:type_name -> google.protobuf.Duration
+	0,  // 8: meshfed.v1.ProxyService.RegisterEndpoint:input_type -> meshfed.v1.RegisterEndpointRequest
+	2,  // 9: meshfed.v1.ProxyService.Heartbeat:input_type -> meshfed.v1.HeartbeatRequest
+	4,  // 10: meshfed.v1.ProxyService.DeregisterEndpoint:input_type -> meshfed.v1.DeregisterEndpointRequest
+	1,  // 11: meshfed.v1.ProxyService.RegisterEndpoint:output_type -> meshfed.v1.RegisterEndpointResponse
+	3,  // 12: meshfed.v1.ProxyService.Heartbeat:output_type -> meshfed.v1.HeartbeatResponse
+	5,  // 13: meshfed.v1.ProxyService.DeregisterEndpoint:output_type -> meshfed.v1.DeregisterEndpointResponse
+	11, // [11:14] is the sub-list for method output_type
+	8,  // [8:11] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_meshfed_v1_proxy_proto_init() }
