@@ -86,12 +86,8 @@ func (p *Proxy) retryLoop(ctx context.Context, what string, fn func(context.Cont
 			lvl = p.log.Info
 		}
 		lvl("control plane stream ended; retrying", "stream", what, "err", err, "retry_in", wait.Round(time.Millisecond))
-		t := time.NewTimer(wait/2 + rand.N(wait/2+1))
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !sleepCtx(ctx, wait/2+rand.N(wait/2+1)) {
 			return
-		case <-t.C:
 		}
 		wait = min(wait*2, maxWait)
 	}

@@ -255,9 +255,10 @@ func (in *inbound) serveH1(tc net.Conn, caller spiffeid.ID) {
 		start := time.Now()
 		closeAfter := req.close || in.h1.isClosing()
 		d := in.p.engine.Load().Decide(authz.Request{Principal: caller, L7: true, Method: string(req.method), Path: string(req.path())})
-		if !d.Allow {
-			// Skip a small body so the connection can serve the next
-			// request; close it otherwise.
+		// A refused request (denied, or over the rate limit) is answered
+		// here; a small body is skipped so the connection can serve the
+		// next request, a larger one closes it.
+		refuse := func(code int, msg string, extra ...string) bool {
 			if req.body == bodyLength && req.length <= maxReplayBody {
 				if _, err := br.Discard(int(req.length)); err != nil {
 					closeAfter = true
@@ -265,27 +266,21 @@ func (in *inbound) serveH1(tc net.Conn, caller spiffeid.ID) {
 			} else if req.body != bodyNone {
 				closeAfter = true
 			}
-			werr := writeH1Error(bw, http.StatusForbidden, "RBAC: access denied", closeAfter)
-			in.p.m.observe("inbound", source, in.dest, http.StatusForbidden, time.Since(start))
+			werr := writeH1Error(bw, code, msg, closeAfter, extra...)
+			in.p.m.observe("inbound", source, in.dest, code, time.Since(start))
+			return werr == nil && !closeAfter
+		}
+		if !d.Allow {
+			keep := refuse(http.StatusForbidden, "RBAC: access denied")
 			in.deny(caller, string(req.method), string(req.path()), d, start, tc.RemoteAddr().String())
-			if werr != nil || closeAfter {
+			if !keep {
 				return
 			}
 			hc.active.Store(false)
 			continue
 		}
 		if !in.p.rateAllow(start) {
-			// As for a denial: skip a small body, else close.
-			if req.body == bodyLength && req.length <= maxReplayBody {
-				if _, err := br.Discard(int(req.length)); err != nil {
-					closeAfter = true
-				}
-			} else if req.body != bodyNone {
-				closeAfter = true
-			}
-			werr := writeH1Error(bw, http.StatusTooManyRequests, "rate limited", closeAfter, "Retry-After", "1")
-			in.p.m.observe("inbound", source, in.dest, http.StatusTooManyRequests, time.Since(start))
-			if werr != nil || closeAfter {
+			if !refuse(http.StatusTooManyRequests, "rate limited", "Retry-After", "1") {
 				return
 			}
 			hc.active.Store(false)
@@ -553,8 +548,7 @@ func (u *upstream) forwardH1(req, resp *h1Head, br *bufio.Reader, bw *bufio.Writ
 			return answer(abort, "fault injected", "X-Meshfed-Fault", "abort")
 		}
 		if delay > 0 {
-			t := time.NewTimer(delay)
-			<-t.C
+			time.Sleep(delay)
 		}
 	}
 	if rt.maxRequests > 0 {

@@ -313,14 +313,8 @@ func (in *inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !in.p.rateAllow(start) {
-		code := http.StatusTooManyRequests
 		w.Header().Set("Retry-After", "1")
-		if isGRPC(r) {
-			writeGRPCStatus(w, 8, "rate limited") // RESOURCE_EXHAUSTED
-			code = http.StatusOK
-		} else {
-			http.Error(w, "rate limited", code)
-		}
+		code := refuseHTTP(w, r, http.StatusTooManyRequests, 8, "rate limited") // RESOURCE_EXHAUSTED
 		in.p.m.observe("inbound", principalLabel(caller), in.dest, code, time.Since(start))
 		return
 	}

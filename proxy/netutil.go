@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"context"
 	"io"
 	"log"
 	"net"
@@ -9,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 )
 
 // chanListener is a net.Listener fed by push: the inbound listener hands an
@@ -100,6 +102,18 @@ func isGRPC(r *http.Request) bool {
 
 // writeGRPCStatus answers a gRPC call with a status and no message: a
 // trailers-only response.
+// refuseHTTP answers a request the proxy refuses itself (net/http path):
+// status code with msg, or for gRPC grpcCode in a trailers-only response.
+// It returns the HTTP status written.
+func refuseHTTP(w http.ResponseWriter, r *http.Request, code, grpcCode int, msg string) int {
+	if isGRPC(r) {
+		writeGRPCStatus(w, grpcCode, msg)
+		return http.StatusOK
+	}
+	http.Error(w, msg, code)
+	return code
+}
+
 func writeGRPCStatus(w http.ResponseWriter, code int, msg string) {
 	h := w.Header()
 	h.Set("Content-Type", "application/grpc")
@@ -128,3 +142,15 @@ func grpcMessageEncode(s string) string {
 var quietLog = log.New(io.Discard, "", 0)
 
 func discardLogger() *log.Logger { return quietLog }
+
+// sleepCtx waits d unless ctx ends first; it reports whether it waited.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}

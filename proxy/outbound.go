@@ -474,21 +474,11 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		abort, delay := rt.fault()
 		if abort != 0 {
 			sw.Header().Set("X-Meshfed-Fault", "abort")
-			if isGRPC(r) {
-				writeGRPCStatus(sw, grpcCodeForHTTP(abort), "fault injected")
-			} else {
-				http.Error(sw, "fault injected", abort)
-			}
+			refuseHTTP(sw, r, abort, grpcCodeForHTTP(abort), "fault injected")
 			return
 		}
-		if delay > 0 {
-			t := time.NewTimer(delay)
-			select {
-			case <-t.C:
-			case <-r.Context().Done():
-				t.Stop()
-				return
-			}
+		if delay > 0 && !sleepCtx(r.Context(), delay) {
+			return
 		}
 	}
 	if rt.maxRequests > 0 {
@@ -496,12 +486,7 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			u.inflight.Add(-1)
 			u.p.m.overflow.WithLabelValues(u.cfg.key()).Inc()
 			sw.Header().Set("X-Meshfed-Overloaded", "true")
-			msg := "upstream " + u.dest + ": too many requests in flight (circuit breaker)"
-			if isGRPC(r) {
-				writeGRPCStatus(sw, 14, msg) // UNAVAILABLE
-			} else {
-				http.Error(sw, msg, http.StatusServiceUnavailable)
-			}
+			refuseHTTP(sw, r, http.StatusServiceUnavailable, 14, "upstream "+u.dest+": too many requests in flight (circuit breaker)") // UNAVAILABLE
 			return
 		}
 		defer u.inflight.Add(-1)
@@ -726,18 +711,6 @@ func (c *cancelOnClose) Close() error {
 	err := c.ReadCloser.Close()
 	c.cancel()
 	return err
-}
-
-// sleepCtx waits d unless ctx ends first; it reports whether it waited.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }
 
 // isTimeout reports whether err is a deadline running out.

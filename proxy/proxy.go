@@ -239,13 +239,18 @@ func (p *Proxy) Run(ctx context.Context) error {
 	// Traffic policies: the upstreams' namespaces, and the proxy's own for
 	// its service's rate limit.
 	namespaces := map[string]bool{}
-	for _, ns := range append([]string{p.cfg.Namespace}, upstreamNamespaces(p.upstreams)...) {
-		if !namespaces[ns] {
-			namespaces[ns] = true
-			p.goFn(func() {
-				p.retryLoop(runCtx, "traffic policies "+ns, func(ctx context.Context) error { return p.watchTraffic(ctx, ns) })
-			})
+	watchTraffic := func(ns string) {
+		if namespaces[ns] {
+			return
 		}
+		namespaces[ns] = true
+		p.goFn(func() {
+			p.retryLoop(runCtx, "traffic policies "+ns, func(ctx context.Context) error { return p.watchTraffic(ctx, ns) })
+		})
+	}
+	watchTraffic(p.cfg.Namespace)
+	for _, u := range p.upstreams {
+		watchTraffic(u.cfg.Namespace)
 	}
 	if len(p.upstreams) > 0 {
 		p.goFn(func() { p.retryLoop(runCtx, "resolve upstreams", p.watchUpstreams) })
@@ -321,12 +326,8 @@ func (p *Proxy) awaitService(ctx context.Context) (*meshfedv1.Service, error) {
 		default:
 			p.log.Info("reading the service", "err", err)
 		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !sleepCtx(ctx, wait) {
 			return nil, ctx.Err()
-		case <-t.C:
 		}
 		wait = min(wait*2, 5*time.Second)
 	}
@@ -440,12 +441,4 @@ func (p *Proxy) settle(ctx context.Context) {
 			return
 		}
 	}
-}
-
-func upstreamNamespaces(us []*upstream) []string {
-	ns := make([]string, 0, len(us))
-	for _, u := range us {
-		ns = append(ns, u.cfg.Namespace)
-	}
-	return ns
 }

@@ -104,7 +104,6 @@ type span struct {
 	trace      [16]byte
 	id, parent [8]byte
 	hasParent  bool
-	state      string // tracestate, forwarded and recorded
 	kind       int
 	name       string
 	start, end time.Time
@@ -364,10 +363,6 @@ func encodeSpan(s *span) []byte {
 	b = protowire.AppendBytes(b, s.trace[:])
 	b = protowire.AppendTag(b, 2, protowire.BytesType)
 	b = protowire.AppendBytes(b, s.id[:])
-	if s.state != "" {
-		b = protowire.AppendTag(b, 3, protowire.BytesType)
-		b = protowire.AppendString(b, s.state)
-	}
 	if s.hasParent {
 		b = protowire.AppendTag(b, 4, protowire.BytesType)
 		b = protowire.AppendBytes(b, s.parent[:])
