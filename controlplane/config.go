@@ -105,6 +105,10 @@ type Config struct {
 	// applies a write, and its watchers see it, only once it learns that;
 	// a longer value saves a few idle RPCs at the cost of that lag.
 	CommitTimeout time.Duration
+	// IdleMemoryRelease is how long the server must be idle before it
+	// returns its free heap memory to the system (default 30s; negative
+	// disables). See memrelease.go.
+	IdleMemoryRelease time.Duration
 	// DeadServerCleanup is how long a server must be unreachable before
 	// autopilot removes it from the voters (default 1m; negative disables).
 	DeadServerCleanup time.Duration

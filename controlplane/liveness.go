@@ -3,6 +3,7 @@ package controlplane
 import (
 	"context"
 	"errors"
+	"iter"
 	"sync"
 	"time"
 
@@ -57,7 +58,7 @@ func (l *proxyLiveness) forget(k workloadKey) {
 // longer than ttl, and forgets heartbeats older than that: lastSeen then
 // falls back to since, which is older still, so they stay silent and
 // deleted workloads do not linger here.
-func (l *proxyLiveness) silent(ws []state.Resource, now time.Time, ttl time.Duration) []*meshfedv1.Workload {
+func (l *proxyLiveness) silent(ws iter.Seq[*meshfedv1.Workload], now time.Time, ttl time.Duration) []*meshfedv1.Workload {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for k, t := range l.seen {
@@ -69,8 +70,7 @@ func (l *proxyLiveness) silent(ws []state.Resource, now time.Time, ttl time.Dura
 		return nil // everything counts as seen within the TTL
 	}
 	var out []*meshfedv1.Workload
-	for _, r := range ws {
-		w := r.(*meshfedv1.Workload)
+	for w := range ws {
 		if !w.GetProxy() || w.GetHealth() == meshfedv1.HealthStatus_HEALTH_STATUS_UNKNOWN {
 			continue
 		}
@@ -99,12 +99,9 @@ func (s *Server) watchProxyLiveness(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		_, ws, _, err := s.store().List(nil, listAll(kindWorkload))
-		if err != nil {
-			s.log.Warn("listing workloads for proxy liveness", "error", err)
-			continue
-		}
-		silent := s.liveness.silent(ws, time.Now(), s.cfg.ProxyHeartbeatTTL)
+		// Ranging over the stored workloads, not listing them: a list of
+		// every workload each second is garbage the size of the catalog.
+		silent := s.liveness.silent(s.store().Workloads(), time.Now(), s.cfg.ProxyHeartbeatTTL)
 		if len(silent) == 0 {
 			continue
 		}

@@ -1,11 +1,11 @@
 package controlplane
 
 import (
+	"slices"
 	"testing"
 	"time"
 
 	meshfedv1 "github.com/meshfed/meshfed/api/meshfed/v1"
-	"github.com/meshfed/meshfed/controlplane/state"
 )
 
 // TestProxyLivenessGrace drives the leader's heartbeat memory with a fake
@@ -17,12 +17,12 @@ func TestProxyLivenessGrace(t *testing.T) {
 	wl := func(name string, proxy bool, h meshfedv1.HealthStatus) *meshfedv1.Workload {
 		return &meshfedv1.Workload{Meta: &meshfedv1.Meta{Namespace: "default", Name: name}, Proxy: proxy, Health: h}
 	}
-	ws := []state.Resource{
+	ws := slices.Values([]*meshfedv1.Workload{
 		wl("a", true, meshfedv1.HealthStatus_HEALTH_STATUS_HEALTHY),
 		wl("b", true, meshfedv1.HealthStatus_HEALTH_STATUS_UNHEALTHY),
 		wl("c", true, meshfedv1.HealthStatus_HEALTH_STATUS_UNKNOWN),
 		wl("static", false, meshfedv1.HealthStatus_HEALTH_STATUS_HEALTHY),
-	}
+	})
 	names := func(out []*meshfedv1.Workload) []string {
 		var n []string
 		for _, w := range out {

@@ -21,7 +21,8 @@ type apiMetrics struct {
 	latency  *prometheus.HistogramVec
 	streams  *prometheus.GaugeVec
 
-	svidsIssued prometheus.Counter
+	svidsIssued    prometheus.Counter
+	memoryReleases prometheus.Counter
 }
 
 // raftSinkOnce installs the go-metrics sink that Raft reports through. Raft
@@ -50,7 +51,10 @@ func newAPIMetrics() *apiMetrics {
 	m.svidsIssued = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "meshfed_ca_svids_issued_total", Help: "Workload SVIDs signed by this server (attestations and renewals).",
 	})
-	reg.MustRegister(m.requests, m.latency, m.streams, m.svidsIssued,
+	m.memoryReleases = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "meshfed_memory_idle_releases_total", Help: "Times the server, idle, returned its free heap memory to the system.",
+	})
+	reg.MustRegister(m.requests, m.latency, m.streams, m.svidsIssued, m.memoryReleases,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	raftSinkOnce.Do(func() {
 		sink, err := gmprom.NewPrometheusSinkFrom(gmprom.PrometheusOpts{Expiration: time.Minute, Registerer: prometheus.NewRegistry()})

@@ -203,6 +203,7 @@ func (s *Server) start(ctx context.Context) error {
 	s.goRun(ctx, s.id.maintain)
 	s.goRun(ctx, s.followPeerBundles)
 	s.goRun(ctx, s.ensureMembership)
+	s.goRun(ctx, s.releaseIdleMemory)
 	s.log.Info("server started", "cluster", s.cfg.Cluster, "trust_domain", s.cfg.TrustDomain,
 		"api", s.cfg.APIAddr, "raft", s.cfg.RaftAddr, "http", s.cfg.HTTPAddr, "version", Version, "dev", s.cfg.Dev)
 	return nil

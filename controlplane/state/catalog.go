@@ -11,14 +11,15 @@ import (
 	meshfedv1 "github.com/meshfed/meshfed/api/meshfed/v1"
 )
 
-// serviceGroups is the workloads of every service (see catalog_schema.go),
-// in a B+ tree of services each with a B+ tree of its workloads by name
-// (which is id key order: they share the namespace). Both are persistent
-// (btree.go): a write copies the few nodes on its paths, once per
-// transaction. It is stored in the workloads row of the index table, which
-// every transaction that changes workloads writes anyway.
-type serviceGroups struct {
+// workloadSet is every stored workload (see catalog_schema.go): a B+ tree
+// of them by id key, and a B+ tree of services each with a B+ tree of its
+// workloads by name (which is id key order: they share the namespace). All
+// are persistent (btree.go): a write copies the few nodes on its paths,
+// once per transaction. It is stored in the workloads row of the index
+// table, which every transaction that changes workloads writes anyway.
+type workloadSet struct {
 	gen    uint64
+	byID   btree[*meshfedv1.Workload]
 	groups btree[*serviceGroup]
 }
 
@@ -57,18 +58,37 @@ func cmpGroup(g *serviceGroup, id groupID) int {
 
 func cmpItem(it groupItem, name string) int { return strings.Compare(it.name, name) }
 
-// readServiceGroups returns the groups stored in the workloads index row
-// of tx.
-func readServiceGroups(tx *memdb.Txn) *serviceGroups {
-	return indexRowTxn(tx, nil, nil, workloadsTable).groups
+// cmpWorkload orders workloads by id key: namespace, then name (names
+// and namespaces hold no NUL, so this is the order of idKey).
+func cmpWorkload(w *meshfedv1.Workload, k resourceKey) int {
+	m := w.GetMeta()
+	if c := strings.Compare(m.GetNamespace(), k.namespace); c != 0 {
+		return c
+	}
+	return strings.Compare(m.GetName(), k.name)
+}
+
+// readWorkloads returns the workloads stored in the workloads index row
+// of tx, watching the row and the abandon channel of d when ws is set.
+func readWorkloads(tx *memdb.Txn, ws memdb.WatchSet, d *database) *workloadSet {
+	return indexRowTxn(tx, ws, d, workloadsTable).workloads
+}
+
+// get returns the workload namespace/name, nil if there is none.
+func (set *workloadSet) get(namespace, name string) *meshfedv1.Workload {
+	if set == nil {
+		return nil
+	}
+	w, _ := btreeGet(set.byID, resourceKey{namespace, name}, cmpWorkload)
+	return w
 }
 
 // group returns the group of id, nil if there is none.
-func (sg *serviceGroups) group(id groupID) *serviceGroup {
-	if sg == nil {
+func (set *workloadSet) group(id groupID) *serviceGroup {
+	if set == nil {
 		return nil
 	}
-	g, _ := btreeGet(sg.groups, id, cmpGroup)
+	g, _ := btreeGet(set.groups, id, cmpGroup)
 	return g
 }
 
@@ -81,32 +101,37 @@ func (s *Store) WorkloadsGen(ns, service string) uint64 {
 	d := s.db.Load()
 	tx := d.mem.Txn(false)
 	defer tx.Abort()
-	if g := readServiceGroups(tx).group(groupID{ns, service}); g != nil {
+	if g := readWorkloads(tx, nil, nil).group(groupID{ns, service}); g != nil {
 		return g.gen
 	}
 	return 0
 }
 
-// groupsForRead returns the groups as the transaction sees them.
-func (t *Txn) groupsForRead() *serviceGroups {
-	if t.serviceGroups != nil {
-		return t.serviceGroups
+// workloadsForRead returns the workloads as the transaction sees them.
+func (t *Txn) workloadsForRead() *workloadSet {
+	if t.workloads != nil {
+		return t.workloads
 	}
-	return readServiceGroups(t.committed())
+	return readWorkloads(t.committed(), nil, nil)
+}
+
+// workloadsForWrite returns the workloads owned by the transaction: the
+// set it already changed, or a copy of the committed one.
+func (t *Txn) workloadsForWrite() *workloadSet {
+	if t.workloads == nil {
+		t.workloads = &workloadSet{gen: t.gen}
+		if committed := readWorkloads(t.committed(), nil, nil); committed != nil {
+			t.workloads.byID, t.workloads.groups = committed.byID, committed.groups
+		}
+	}
+	return t.workloads
 }
 
 // groupForWrite returns the group of id owned by the transaction: the
 // group it already changed, a copy of the committed one, or a new one.
 func (t *Txn) groupForWrite(id groupID) *serviceGroup {
-	sg := t.serviceGroups
-	if sg == nil {
-		sg = &serviceGroups{gen: t.gen}
-		if committed := readServiceGroups(t.committed()); committed != nil {
-			sg.groups = committed.groups
-		}
-		t.serviceGroups = sg
-	}
-	g, ok := btreeGet(sg.groups, id, cmpGroup)
+	set := t.workloadsForWrite()
+	g, ok := btreeGet(set.groups, id, cmpGroup)
 	if ok && g.gen == t.gen {
 		return g
 	}
@@ -114,8 +139,24 @@ func (t *Txn) groupForWrite(id groupID) *serviceGroup {
 	if ok {
 		n.members = g.members
 	}
-	btreePut(&sg.groups, t.gen, id, n, cmpGroup)
+	btreePut(&set.groups, t.gen, id, n, cmpGroup)
 	return n
+}
+
+// putWorkload stores w in place of old (nil if none), which has its key.
+func (t *Txn) putWorkload(old, w *meshfedv1.Workload) {
+	m := w.GetMeta()
+	btreePut(&t.workloadsForWrite().byID, t.gen, resourceKey{m.GetNamespace(), m.GetName()}, w, cmpWorkload)
+	t.regroupWorkload(old, w)
+}
+
+// deleteWorkload removes old, which is stored.
+func (t *Txn) deleteWorkload(old *meshfedv1.Workload) {
+	m := old.GetMeta()
+	if !btreeDelete(&t.workloadsForWrite().byID, t.gen, resourceKey{m.GetNamespace(), m.GetName()}, cmpWorkload) {
+		panic(fmt.Sprintf("state: deleting workload %s, which is not stored", resourceID(old)))
+	}
+	t.regroupWorkload(old, nil)
 }
 
 // regroupWorkload updates the service groups for a write of a workload:
@@ -130,7 +171,7 @@ func (t *Txn) regroupWorkload(old, w *meshfedv1.Workload) {
 			panic(fmt.Sprintf("state: workload %s missing from the group of service %q", resourceID(old), oldID.service))
 		}
 		if g.members.root == nil {
-			btreeDelete(&t.serviceGroups.groups, t.gen, oldID, cmpGroup)
+			btreeDelete(&t.workloads.groups, t.gen, oldID, cmpGroup)
 		}
 	}
 	if hasNew {
@@ -139,32 +180,33 @@ func (t *Txn) regroupWorkload(old, w *meshfedv1.Workload) {
 	}
 }
 
-// buildServiceGroups returns the groups of the workloads of a database
-// filled without them (by a restore).
-func buildServiceGroups(tx *memdb.Txn, gen uint64) (*serviceGroups, error) {
-	it, err := tx.Get(workloadsTable, indexIDName)
-	if err != nil {
-		return nil, fmt.Errorf("reading workloads: %w", err)
-	}
-	sg := &serviceGroups{gen: gen}
+// restoreWorkload adds w to a set being restored, made by its own
+// transaction; a later workload of the same key replaces an earlier one.
+// buildGroups then makes the service groups.
+func (set *workloadSet) restoreWorkload(w *meshfedv1.Workload) {
+	m := w.GetMeta()
+	btreePut(&set.byID, set.gen, resourceKey{m.GetNamespace(), m.GetName()}, w, cmpWorkload)
+}
+
+// buildGroups makes the service groups of a restored set.
+func (set *workloadSet) buildGroups() {
 	var g *serviceGroup
-	for raw := it.Next(); raw != nil; raw = it.Next() {
-		w := raw.(*meshfedv1.Workload)
+	btreeAscend(set.byID, func(*meshfedv1.Workload) bool { return true }, func(w *meshfedv1.Workload) bool {
 		id, ok := workloadGroup(w)
 		if !ok {
-			continue
+			return true
 		}
 		if g == nil || cmpGroup(g, id) != 0 {
-			if g, ok = btreeGet(sg.groups, id, cmpGroup); !ok {
-				g = &serviceGroup{gen: gen, namespace: id.namespace, service: id.service}
-				btreePut(&sg.groups, gen, id, g, cmpGroup)
+			if g, ok = btreeGet(set.groups, id, cmpGroup); !ok {
+				g = &serviceGroup{gen: set.gen, namespace: id.namespace, service: id.service}
+				btreePut(&set.groups, set.gen, id, g, cmpGroup)
 			}
 		}
 		// Workloads come in id key order: each is appended.
 		name := w.GetMeta().GetName()
-		btreePut(&g.members, gen, name, groupItem{name: name, w: w}, cmpItem)
-	}
-	return sg, nil
+		btreePut(&g.members, set.gen, name, groupItem{name: name, w: w}, cmpItem)
+		return true
+	})
 }
 
 // listGroup returns the workloads of a group whose id key is after after,
@@ -207,7 +249,7 @@ func (t *Txn) workloadSibling(old *meshfedv1.Workload, namespace, service string
 		return old
 	}
 	if service != "" {
-		if g := t.groupsForRead().group(groupID{namespace, service}); g != nil {
+		if g := t.workloadsForRead().group(groupID{namespace, service}); g != nil {
 			if first, ok := btreeFirst(g.members); ok {
 				return first.w
 			}

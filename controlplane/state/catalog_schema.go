@@ -1,13 +1,20 @@
 package state
 
+// workloadsTable names the workloads' row in the index table. Unlike the
+// other kinds, workloads are not stored in memdb: the memdb table of that
+// name stays empty.
+//
+// Workloads are most of a catalog (a hundred thousand in a large mesh), so
+// they are kept in a workloadSet (catalog.go) in the workloads row of the
+// index table, which changes exactly when workloads do: a B+ tree of them
+// by id key, and one per service. A memdb id index entry cost each
+// workload about 350 bytes (a radix leaf and node, each with its watch
+// channel, plus the inner nodes and the key), as much as the workload
+// itself, and each write several radix node copies; the B+ trees cost a
+// workload 40 to 70 bytes, and a write a copy of a few nodes, once per
+// transaction.
+//
+// What this gives up is memdb's watch channel per object: a read of one
+// workload watches all of them (the row), so it wakes on a change to any
+// workload. Nobody watches single workloads; lists watch the row anyway.
 const workloadsTable = "workloads"
-
-// The workloads of each service are listed by a serviceGroups, kept in the
-// workloads row of the index table (which changes exactly when workloads
-// do), not by a memdb index over the workloads table. A memdb index entry
-// costs each workload about 450 bytes (a radix leaf and node, each with its
-// watch channel, plus the inner nodes and the key), a third of all it
-// costs, and each write several radix node copies; the groups cost a
-// workload 24 to 48 bytes, a write a copy of a few B+ tree nodes. Nobody
-// watches a service's workloads through memdb channels: List watches the
-// kind's index row.

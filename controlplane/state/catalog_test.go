@@ -3,8 +3,10 @@ package state
 import (
 	"bytes"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"testing"
 
 	meshfedv1 "github.com/meshfed/meshfed/api/meshfed/v1"
@@ -57,7 +59,7 @@ func checkGroups(t *testing.T, s *Store, limit int) {
 			want[id] = append(want[id], w.GetMeta().GetNamespace()+"/"+w.GetMeta().GetName())
 		}
 	}
-	for _, ns := range []string{"a", "b"} {
+	for _, ns := range []string{"a", "ab", "b"} {
 		for _, svc := range []string{"s0", "s1", "s2", "s3", "none"} {
 			got := listService(t, s, ns, svc, limit)
 			if w := want[groupID{ns, svc}]; !slices.Equal(got, w) {
@@ -69,8 +71,8 @@ func checkGroups(t *testing.T, s *Store, limit int) {
 	d := s.db.Load()
 	tx := d.mem.Txn(false)
 	defer tx.Abort()
-	if sg := readServiceGroups(tx); sg != nil {
-		btreeAscend(sg.groups, func(*serviceGroup) bool { return true }, func(g *serviceGroup) bool {
+	if set := readWorkloads(tx, nil, nil); set != nil {
+		btreeAscend(set.groups, func(*serviceGroup) bool { return true }, func(g *serviceGroup) bool {
 			if g.members.root == nil {
 				t.Fatalf("empty group %s/%s kept", g.namespace, g.service)
 			}
@@ -84,17 +86,25 @@ func TestServiceGroupsRandom(t *testing.T) {
 	rng := rand.New(rand.NewPCG(7, 8))
 	idx := uint64(1)
 	services := []string{"s0", "s1", "s2", "s3", ""}
+	// model is what the store should hold: ns/name to service.
+	model := map[string]string{}
 	for round := range 150 {
 		tx := s.WriteTxn(idx)
+		pending := maps.Clone(model)
 		n := 1 + rng.IntN(60)
 		for range n {
 			tx.SetIndex(idx)
 			idx++
-			ns := []string{"a", "b"}[rng.IntN(2)]
+			// "a" is a prefix of "ab": lists of "a" stop before "ab".
+			ns := []string{"a", "ab"}[rng.IntN(2)]
 			name := fmt.Sprintf("w%03d", rng.IntN(300))
 			switch op := rng.IntN(10); {
 			case op < 2:
-				_, _ = tx.Delete(&meshfedv1.ResourceWrite{Kind: kindWorkload, Namespace: ns, Name: name})
+				_, err := tx.Delete(&meshfedv1.ResourceWrite{Kind: kindWorkload, Namespace: ns, Name: name})
+				if _, ok := pending[ns+"/"+name]; ok != (err == nil) {
+					t.Fatalf("delete %s/%s: %v, but the model has it: %v", ns, name, err, ok)
+				}
+				delete(pending, ns+"/"+name)
 			case op < 3:
 				// Fails: changes nothing.
 				w := upsertWrite(t, workload(ns, name, services[rng.IntN(len(services))], "10.0.0.1"))
@@ -108,6 +118,7 @@ func TestServiceGroupsRandom(t *testing.T) {
 				if _, err := tx.Upsert(upsertWrite(t, wl)); err != nil {
 					t.Fatal(err)
 				}
+				pending[ns+"/"+name] = wl.GetService()
 			}
 		}
 		if rng.IntN(8) == 0 {
@@ -120,7 +131,9 @@ func TestServiceGroupsRandom(t *testing.T) {
 			}
 		} else {
 			tx.Commit()
+			model = pending
 		}
+		checkModel(t, s, model, []int{0, 1, 3, 50}[round%4])
 		checkGroups(t, s, []int{0, 1, 3, 50}[round%4])
 	}
 
@@ -135,6 +148,7 @@ func TestServiceGroupsRandom(t *testing.T) {
 	if err := dst.Restore(&buf); err != nil {
 		t.Fatal(err)
 	}
+	checkModel(t, dst, model, 7)
 	checkGroups(t, dst, 7)
 	mustUpsert(t, dst, idx, workload("a", "w999", "s1", "10.0.0.9"))
 	checkGroups(t, dst, 0)
@@ -208,5 +222,62 @@ func TestWorkloadsGen(t *testing.T) {
 	}
 	if g := s.WorkloadsGen("default", "web"); g != 0 {
 		t.Fatalf("web has no workload left: gen %d, want 0", g)
+	}
+}
+
+// checkModel compares the store's workloads with model (ns/name to
+// service): listed in pages of limit, in all namespaces and in each, and
+// each read by Get.
+func checkModel(t *testing.T, s *Store, model map[string]string, limit int) {
+	t.Helper()
+	list := func(ns string) []string {
+		var out []string
+		after := ""
+		for {
+			_, items, next, err := s.List(nil, ListParams{Kind: kindWorkload, Namespace: ns, After: after, Limit: limit})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if limit > 0 && len(items) > limit {
+				t.Fatalf("page of %d, limit %d", len(items), limit)
+			}
+			for _, r := range items {
+				w := r.(*meshfedv1.Workload)
+				id := w.GetMeta().GetNamespace() + "/" + w.GetMeta().GetName()
+				if svc, ok := model[id]; !ok || svc != w.GetService() {
+					t.Fatalf("listed %s of service %q; the model has %q (%v)", id, w.GetService(), svc, ok)
+				}
+				out = append(out, id)
+			}
+			if next == "" {
+				return out
+			}
+			after = next
+		}
+	}
+	want := slices.Sorted(maps.Keys(model))
+	if got := list(""); !slices.Equal(got, want) {
+		t.Fatalf("listed %v, want %v", got, want)
+	}
+	for _, ns := range []string{"a", "ab", "b"} {
+		var wantNS []string
+		for _, id := range want {
+			if strings.HasPrefix(id, ns+"/") {
+				wantNS = append(wantNS, id)
+			}
+		}
+		if got := list(ns); !slices.Equal(got, wantNS) {
+			t.Fatalf("listed %v in %s, want %v", got, ns, wantNS)
+		}
+	}
+	for id, svc := range model {
+		ns, name, _ := strings.Cut(id, "/")
+		_, r, err := s.Get(nil, kindWorkload, ns, name)
+		if err != nil || r == nil || r.(*meshfedv1.Workload).GetService() != svc {
+			t.Fatalf("Get %s = %v, %v; want service %q", id, r, err, svc)
+		}
+	}
+	if _, r, _ := s.Get(nil, kindWorkload, "a", "missing"); r != nil {
+		t.Fatalf("Get of a missing workload = %v", r)
 	}
 }

@@ -18,10 +18,10 @@ const (
 type indexRow struct {
 	Table string
 	Index uint64
-	// groups is, in the workloads row, the workloads of each service
-	// (catalog.go), which change exactly when the row does; nil in the
-	// others, or when no workload has a service.
-	groups *serviceGroups
+	// workloads is, in the workloads row, every workload (catalog.go),
+	// which changes exactly when the row does; nil in the other rows, or
+	// before the first workload.
+	workloads *workloadSet
 }
 
 func indexTableSchema() *memdb.TableSchema {
@@ -79,10 +79,10 @@ func (indexRowIndexer) FromArgs(args ...any) ([]byte, error) {
 	}
 }
 
-// setIndex records idx as the last change to table, and the workloads of
-// each service in the workloads row.
-func setIndex(tx *memdb.Txn, table string, idx uint64, groups *serviceGroups) error {
-	if err := tx.Insert(indexTable, &indexRow{Table: table, Index: idx, groups: groups}); err != nil {
+// setIndex records idx as the last change to table, and the workloads in
+// the workloads row.
+func setIndex(tx *memdb.Txn, table string, idx uint64, workloads *workloadSet) error {
+	if err := tx.Insert(indexTable, &indexRow{Table: table, Index: idx, workloads: workloads}); err != nil {
 		return fmt.Errorf("updating index of %s: %w", table, err)
 	}
 	return nil

@@ -2,6 +2,7 @@ package state
 
 import (
 	"fmt"
+	"iter"
 	"strings"
 
 	"github.com/hashicorp/go-memdb"
@@ -12,7 +13,8 @@ import (
 // Get returns the resource of kind named namespace/name, or nil when there is
 // none, and the index of the last change to kind. Cluster-scoped kinds ignore
 // namespace. With a non-nil ws it adds a watch that fires when that resource
-// changes (or is created) and on restore.
+// changes (or is created) and on restore; for a workload, when any workload
+// changes (see catalog_schema.go).
 //
 // The returned object is shared: it must not be mutated.
 func (s *Store) Get(ws memdb.WatchSet, kind meshfedv1.ResourceKind, namespace, name string) (uint64, Resource, error) {
@@ -26,6 +28,14 @@ func (s *Store) Get(ws memdb.WatchSet, kind meshfedv1.ResourceKind, namespace, n
 	d := s.db.Load()
 	tx := d.mem.Txn(false)
 	defer tx.Abort()
+	if info.Table == workloadsTable {
+		// Workloads are watched as a kind: ws fires on any change to one.
+		row := indexRowTxn(tx, ws, d, info.Table)
+		if w := row.workloads.get(namespace, name); w != nil {
+			return row.Index, w, nil
+		}
+		return row.Index, nil, nil
+	}
 	idx := kindIndexTxn(tx, nil, d, info.Table)
 	ch, raw, err := tx.FirstWatch(info.Table, indexIDName, idKey(namespace, name))
 	if err != nil {
@@ -92,6 +102,8 @@ func (s *Store) List(ws memdb.WatchSet, p ListParams) (uint64, []Resource, strin
 			return 0, nil, "", fmt.Errorf("list %v: a service filter needs a namespace", p.Kind)
 		}
 		return s.listService(ws, info, ns, p)
+	case info.Table == workloadsTable:
+		return s.listWorkloads(ws, info, ns, p)
 	case p.Peer != "":
 		if info.Kind != meshfedv1.ResourceKind_RESOURCE_KIND_IMPORTED_SERVICE {
 			return 0, nil, "", fmt.Errorf("list %v: a peer filter applies only to imported services", p.Kind)
@@ -146,7 +158,76 @@ func (s *Store) listService(ws memdb.WatchSet, info KindInfo, ns string, p ListP
 	tx := d.mem.Txn(false)
 	defer tx.Abort()
 	row := indexRowTxn(tx, ws, d, info.Table)
-	idx, g := row.Index, row.groups.group(groupID{ns, p.Service})
+	idx, g := row.Index, row.workloads.group(groupID{ns, p.Service})
 	items, next := listGroup(g, p.After, p.Limit)
 	return idx, items, next, nil
+}
+
+// Workloads returns every stored workload, in id key order, as the store
+// holds them when it is called: a range over it sees no later write, and
+// allocates nothing per workload.
+func (s *Store) Workloads() iter.Seq[*meshfedv1.Workload] {
+	d := s.db.Load()
+	tx := d.mem.Txn(false)
+	set := readWorkloads(tx, nil, nil)
+	tx.Abort()
+	return func(yield func(*meshfedv1.Workload) bool) {
+		if set != nil {
+			btreeAscend(set.byID, func(*meshfedv1.Workload) bool { return true }, yield)
+		}
+	}
+}
+
+// listWorkloads lists the workloads of namespace ns (every namespace when
+// empty) from the workload set of the workloads' index row.
+func (s *Store) listWorkloads(ws memdb.WatchSet, info KindInfo, ns string, p ListParams) (uint64, []Resource, string, error) {
+	d := s.db.Load()
+	tx := d.mem.Txn(false)
+	defer tx.Abort()
+	row := indexRowTxn(tx, ws, d, info.Table)
+	if row.workloads == nil {
+		return row.Index, nil, "", nil
+	}
+	// Start at the first workload of the namespace, or after the cursor
+	// (an id key) when that is later.
+	from := func(w *meshfedv1.Workload) bool { return w.GetMeta().GetNamespace() >= ns }
+	if p.After != "" && p.After >= nsPrefix(ns) {
+		from = func(w *meshfedv1.Workload) bool { return compareIDKey(w.GetMeta(), p.After) > 0 }
+	}
+	var items []Resource
+	next := ""
+	btreeAscend(row.workloads.byID, from, func(w *meshfedv1.Workload) bool {
+		if ns != "" && w.GetMeta().GetNamespace() != ns {
+			return false
+		}
+		if p.Limit > 0 && len(items) == p.Limit {
+			next = resourceID(items[len(items)-1])
+			return false
+		}
+		items = append(items, w)
+		return true
+	})
+	return row.Index, items, next, nil
+}
+
+// compareIDKey compares the id key of m, idKey(namespace, name), with
+// key, without building it.
+func compareIDKey(m *meshfedv1.Meta, key string) int {
+	ns := m.GetNamespace()
+	if len(key) <= len(ns) {
+		if c := strings.Compare(ns, key); c != 0 || len(key) < len(ns) {
+			return c
+		}
+		// key is ns: the id key is longer.
+		return 1
+	}
+	if c := strings.Compare(ns, key[:len(ns)]); c != 0 {
+		return c
+	}
+	// ns is a proper prefix of key: the id key's next byte is NUL, the
+	// smallest there is.
+	if key[len(ns)] != 0 {
+		return -1
+	}
+	return strings.Compare(m.GetName(), key[len(ns)+1:])
 }

@@ -55,19 +55,39 @@ func (s *Snapshot) Persist(w io.Writer) error {
 	opts := proto.MarshalOptions{Deterministic: true}
 	rec := &meshfedv1.SnapshotRecord{}
 	var buf []byte
+	write := func(info KindInfo, r Resource) error {
+		var err error
+		buf, err = opts.MarshalAppend(buf[:0], r)
+		if err != nil {
+			return fmt.Errorf("encoding %s %s: %w", info.Table, resourceID(r), err)
+		}
+		rec.Kind, rec.Payload = info.Kind, buf
+		if _, err := protodelim.MarshalTo(bw, rec); err != nil {
+			return fmt.Errorf("writing snapshot record: %w", err)
+		}
+		return nil
+	}
 	for _, info := range kinds {
+		if info.Table == workloadsTable {
+			var err error
+			if set := readWorkloads(s.tx, nil, nil); set != nil {
+				btreeAscend(set.byID, func(*meshfedv1.Workload) bool { return true }, func(w *meshfedv1.Workload) bool {
+					err = write(info, w)
+					return err == nil
+				})
+			}
+			if err != nil {
+				return err
+			}
+			continue
+		}
 		it, err := s.tx.Get(info.Table, indexIDName)
 		if err != nil {
 			return fmt.Errorf("reading %s: %w", info.Table, err)
 		}
 		for raw := it.Next(); raw != nil; raw = it.Next() {
-			buf, err = opts.MarshalAppend(buf[:0], raw.(Resource))
-			if err != nil {
-				return fmt.Errorf("encoding %s %s: %w", info.Table, resourceID(raw.(Resource)), err)
-			}
-			rec.Kind, rec.Payload = info.Kind, buf
-			if _, err := protodelim.MarshalTo(bw, rec); err != nil {
-				return fmt.Errorf("writing snapshot record: %w", err)
+			if err := write(info, raw.(Resource)); err != nil {
+				return err
 			}
 		}
 	}
@@ -106,6 +126,7 @@ func (s *Store) Restore(r io.Reader) error {
 
 	tx := d.mem.Txn(true)
 	defer tx.Abort()
+	workloads := &workloadSet{gen: txnGen.Add(1)}
 	index := hdr.GetIndex()
 	rec := &meshfedv1.SnapshotRecord{}
 	for n := 0; ; n++ {
@@ -127,21 +148,20 @@ func (s *Store) Restore(r io.Reader) error {
 		if _, _, err := writeKey(info, "", "", meta); err != nil {
 			return fmt.Errorf("snapshot record %d: %w", n, err)
 		}
-		if err := tx.Insert(info.Table, obj); err != nil {
+		if w, ok := obj.(*meshfedv1.Workload); ok {
+			workloads.restoreWorkload(w)
+		} else if err := tx.Insert(info.Table, obj); err != nil {
 			return fmt.Errorf("snapshot record %d: storing %s: %w", n, resourceID(obj), err)
 		}
 		index = max(index, meta.GetVersion())
 	}
-	groups, err := buildServiceGroups(tx, txnGen.Add(1))
-	if err != nil {
-		return err
-	}
+	workloads.buildGroups()
 	for _, info := range kinds {
-		var g *serviceGroups
-		if info.Table == workloadsTable {
-			g = groups
+		var set *workloadSet
+		if info.Table == workloadsTable && workloads.byID.root != nil {
+			set = workloads
 		}
-		if err := setIndex(tx, info.Table, index, g); err != nil {
+		if err := setIndex(tx, info.Table, index, set); err != nil {
 			return err
 		}
 	}

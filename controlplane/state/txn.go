@@ -22,8 +22,8 @@ type Txn struct {
 	db  *database
 	tx  *memdb.Txn
 	idx uint64
-	// gen identifies the transaction as the owner of the service groups
-	// and B+ tree nodes it made, which it changes in place.
+	// gen identifies the transaction as the owner of the workload set,
+	// service groups and B+ tree nodes it made, which it changes in place.
 	gen uint64
 
 	// read is the state as the transaction started (it holds the writer
@@ -36,9 +36,8 @@ type Txn struct {
 	read *memdb.Txn
 	*txnScratch
 
-	// serviceGroups is the workloads by service, once the transaction
-	// changed them.
-	serviceGroups *serviceGroups
+	// workloads is every workload, once the transaction changed one.
+	workloads *workloadSet
 }
 
 // txnScratch is what a write transaction tracks, reused by the next one
@@ -88,11 +87,11 @@ func (t *Txn) Commit() {
 		if idx == 0 {
 			continue
 		}
-		var groups *serviceGroups
+		var workloads *workloadSet
 		if kinds[i].Table == workloadsTable {
-			groups = t.groupsForRead()
+			workloads = t.workloadsForRead()
 		}
-		if err := setIndex(t.tx, kinds[i].Table, idx, groups); err != nil {
+		if err := setIndex(t.tx, kinds[i].Table, idx, workloads); err != nil {
 			panic(fmt.Sprintf("state: %v", err))
 		}
 	}
@@ -119,7 +118,7 @@ func (t *Txn) done() *memdb.Txn {
 	clear(s.changed)
 	t.db.scratch = s
 	tx := t.tx
-	t.tx, t.read, t.txnScratch, t.serviceGroups = nil, nil, nil, nil
+	t.tx, t.read, t.txnScratch, t.workloads = nil, nil, nil, nil
 	return tx
 }
 
@@ -141,6 +140,12 @@ func (t *Txn) current(info KindInfo, ns, name string, key []byte) (Resource, err
 	if r, ok := t.written[int(info.Kind)-1][resourceKey{ns, name}]; ok {
 		return r, nil
 	}
+	if info.Table == workloadsTable {
+		if w := t.workloadsForRead().get(ns, name); w != nil {
+			return w, nil
+		}
+		return nil, nil
+	}
 	raw, err := t.committed().First(info.Table, indexIDName, key)
 	if err != nil {
 		return nil, fmt.Errorf("reading %s: %w", describe(info, ns, name), err)
@@ -154,11 +159,15 @@ func (t *Txn) current(info KindInfo, ns, name string, key []byte) (Resource, err
 // wrote records a successful write of r (nil: a deletion) of ns/name.
 func (t *Txn) wrote(info KindInfo, ns, name string, r Resource) {
 	i := int(info.Kind) - 1
+	t.changed[i] = t.idx
+	if info.Table == workloadsTable {
+		// The transaction's workload set has it.
+		return
+	}
 	if t.written[i] == nil {
 		t.written[i] = make(map[resourceKey]Resource)
 	}
 	t.written[i][resourceKey{ns, name}] = r
-	t.changed[i] = t.idx
 }
 
 // Upsert creates or replaces the resource carried by w and returns the
@@ -228,8 +237,7 @@ func (t *Txn) Upsert(w *meshfedv1.ResourceWrite) (Resource, error) {
 // and whose key is the write's.
 func (t *Txn) upsertWorkload(info KindInfo, w *meshfedv1.ResourceWrite, p *workloadPayload) (Resource, error) {
 	ns, name := w.GetNamespace(), w.GetName()
-	key := idKeyBytes(ns, name)
-	existing, err := t.current(info, ns, name, key)
+	existing, err := t.current(info, ns, name, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -242,7 +250,7 @@ func (t *Txn) upsertWorkload(info KindInfo, w *meshfedv1.ResourceWrite, p *workl
 		sib = t.workloadSibling(old, ns, string(p.service))
 	}
 	obj, st := p.build(ns, name, sib, existing != nil)
-	return t.store(info, w, obj, existing, key, st)
+	return t.store(info, w, obj, existing, nil, st)
 }
 
 // stamps are Timestamps allocated with an object for store to fill, nil
@@ -266,13 +274,14 @@ func (t *Txn) store(info KindInfo, w *meshfedv1.ResourceWrite, obj, existing Res
 		meta.CreateVersion = t.idx
 		meta.CreateTime = meta.UpdateTime
 	}
-	t.db.keys.set(obj, existing, key)
-	if err := t.tx.Insert(info.Table, obj); err != nil {
-		return nil, fmt.Errorf("storing %s: %w", describe(info, meta.GetNamespace(), meta.GetName()), err)
-	}
 	if wl, ok := obj.(*meshfedv1.Workload); ok {
 		old, _ := existing.(*meshfedv1.Workload)
-		t.regroupWorkload(old, wl)
+		t.putWorkload(old, wl)
+	} else {
+		t.db.keys.set(obj, existing, key)
+		if err := t.tx.Insert(info.Table, obj); err != nil {
+			return nil, fmt.Errorf("storing %s: %w", describe(info, meta.GetNamespace(), meta.GetName()), err)
+		}
 	}
 	t.wrote(info, meta.GetNamespace(), meta.GetName(), obj)
 	return obj, nil
@@ -316,12 +325,13 @@ func (t *Txn) Delete(w *meshfedv1.ResourceWrite) (Resource, error) {
 	if err := checkVersion(info, ns, name, existing, w.GetExpectedVersion()); err != nil {
 		return nil, err
 	}
-	t.db.keys.set(existing, nil, key)
-	if err := t.tx.Delete(info.Table, existing); err != nil {
-		return nil, fmt.Errorf("deleting %s: %w", describe(info, ns, name), err)
-	}
 	if old, ok := existing.(*meshfedv1.Workload); ok {
-		t.regroupWorkload(old, nil)
+		t.deleteWorkload(old)
+	} else {
+		t.db.keys.set(existing, nil, key)
+		if err := t.tx.Delete(info.Table, existing); err != nil {
+			return nil, fmt.Errorf("deleting %s: %w", describe(info, ns, name), err)
+		}
 	}
 	t.wrote(info, ns, name, nil)
 	return existing, nil

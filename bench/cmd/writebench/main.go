@@ -282,7 +282,7 @@ func printMemory(m *memResult, size int) {
 		fmt.Printf(row, "go_memstats_heap_inuse_bytes", "n/a", "n/a", "(no /metrics)")
 	}
 	if m.rssSteady > 0 {
-		fmt.Printf("  after the runtime's next GC (%s later; an idle server's steady state):\n", m.gcWait.Round(time.Second))
+		fmt.Printf("  after the idle server returned its free memory (%s later; its steady state):\n", m.releaseWait.Round(time.Second))
 		fmt.Printf(row, "VmRSS (settled median)", mibs(m.rssBefore), mibs(m.rssSteady),
 			fmt.Sprintf("%.0f B", float64(m.rssSteady-m.rssBefore)/float64(m.n)))
 		if m.heapSteady >= 0 && m.heapBefore >= 0 {
@@ -290,7 +290,7 @@ func printMemory(m *memResult, size int) {
 				fmt.Sprintf("%.0f B", float64(m.heapSteady-m.heapBefore)/float64(m.n)))
 		}
 	} else {
-		fmt.Println("  (no GC cycle within 150 s after the fill: steady state not measured)")
+		fmt.Println("  (no idle memory release within 150 s after the fill: steady state not measured)")
 	}
 	fmt.Println("  (target: under 1024 B per workload above an empty server)")
 }

@@ -21,11 +21,12 @@ type memResult struct {
 	n                     int
 	rssBefore, rssAfter   int64
 	heapBefore, heapAfter int64 // -1 when /metrics is not readable
-	// After the Go runtime's next collection following the fill (it forces
-	// one at least every two minutes): the steady state of an idle server,
+	// After the server, idle once the fill is over, collected and returned
+	// its free memory to the system (within a minute, see
+	// controlplane/memrelease.go): the steady state of an idle server,
 	// without the garbage the fill itself left. Zero when not measured.
 	rssSteady, heapSteady int64
-	gcWait                time.Duration
+	releaseWait           time.Duration
 	loadTime              time.Duration
 	errors                int
 	firstErr              error
@@ -111,8 +112,8 @@ func measureMemory(ctx context.Context, ps *harness.Procs, bin, dir string, n in
 	r.heapAfter = heapInuse(ctx, s.HTTP, caPEM, token)
 
 	waitStart := time.Now()
-	if waitNextGC(ctx, s.HTTP, caPEM, token, 150*time.Second) {
-		r.gcWait = time.Since(waitStart)
+	if waitIdleRelease(ctx, s.HTTP, caPEM, token, 150*time.Second) {
+		r.releaseWait = time.Since(waitStart)
 		if r.rssSteady, err = settledRSS(ctx, s.P); err != nil {
 			return nil, err
 		}
@@ -121,10 +122,12 @@ func measureMemory(ctx context.Context, ps *harness.Procs, bin, dir string, n in
 	return r, nil
 }
 
-// waitNextGC polls go_memstats_last_gc_time_seconds until it moves, and
-// reports whether it did before timeout.
-func waitNextGC(ctx context.Context, addr string, caPEM []byte, token string, timeout time.Duration) bool {
-	first := metricValue(ctx, addr, caPEM, token, "go_memstats_last_gc_time_seconds")
+// waitIdleRelease polls meshfed_memory_idle_releases_total until it moves
+// (the server, idle, collected and returned its free memory to the
+// system), and reports whether it did before timeout.
+func waitIdleRelease(ctx context.Context, addr string, caPEM []byte, token string, timeout time.Duration) bool {
+	const metric = "meshfed_memory_idle_releases_total"
+	first := metricValue(ctx, addr, caPEM, token, metric)
 	if first < 0 {
 		return false
 	}
@@ -133,9 +136,11 @@ func waitNextGC(ctx context.Context, addr string, caPEM []byte, token string, ti
 		select {
 		case <-ctx.Done():
 			return false
-		case <-time.After(time.Second):
+		case <-time.After(3 * time.Second):
 		}
-		if v := metricValue(ctx, addr, caPEM, token, "go_memstats_last_gc_time_seconds"); v > first {
+		// Polled sparingly: each poll is a TLS handshake and a scrape,
+		// which the server counts against its idleness.
+		if v := metricValue(ctx, addr, caPEM, token, metric); v > first {
 			return true
 		}
 	}
