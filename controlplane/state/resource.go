@@ -171,11 +171,7 @@ func (s *Store) Workloads() iter.Seq[*meshfedv1.Workload] {
 	tx := d.mem.Txn(false)
 	set := readWorkloads(tx, nil, nil)
 	tx.Abort()
-	return func(yield func(*meshfedv1.Workload) bool) {
-		if set != nil {
-			btreeAscend(set.byID, func(*meshfedv1.Workload) bool { return true }, yield)
-		}
-	}
+	return set.all
 }
 
 // listWorkloads lists the workloads of namespace ns (every namespace when
@@ -189,14 +185,15 @@ func (s *Store) listWorkloads(ws memdb.WatchSet, info KindInfo, ns string, p Lis
 		return row.Index, nil, "", nil
 	}
 	// Start at the first workload of the namespace, or after the cursor
-	// (an id key) when that is later.
-	from := func(w *meshfedv1.Workload) bool { return w.GetMeta().GetNamespace() >= ns }
-	if p.After != "" && p.After >= nsPrefix(ns) {
-		from = func(w *meshfedv1.Workload) bool { return compareIDKey(w.GetMeta(), p.After) > 0 }
+	// (an id key).
+	fromNS := func(n string) bool { return n >= ns }
+	from := func(string, string) bool { return true }
+	if p.After != "" {
+		from = func(n, name string) bool { return compareIDKey(n, name, p.After) > 0 }
 	}
 	var items []Resource
 	next := ""
-	btreeAscend(row.workloads.byID, from, func(w *meshfedv1.Workload) bool {
+	row.workloads.each(fromNS, from, func(w *meshfedv1.Workload) bool {
 		if ns != "" && w.GetMeta().GetNamespace() != ns {
 			return false
 		}
@@ -210,10 +207,8 @@ func (s *Store) listWorkloads(ws memdb.WatchSet, info KindInfo, ns string, p Lis
 	return row.Index, items, next, nil
 }
 
-// compareIDKey compares the id key of m, idKey(namespace, name), with
-// key, without building it.
-func compareIDKey(m *meshfedv1.Meta, key string) int {
-	ns := m.GetNamespace()
+// compareIDKey compares idKey(ns, name) with key, without building it.
+func compareIDKey(ns, name, key string) int {
 	if len(key) <= len(ns) {
 		if c := strings.Compare(ns, key); c != 0 || len(key) < len(ns) {
 			return c
@@ -229,5 +224,5 @@ func compareIDKey(m *meshfedv1.Meta, key string) int {
 	if key[len(ns)] != 0 {
 		return -1
 	}
-	return strings.Compare(m.GetName(), key[len(ns)+1:])
+	return strings.Compare(name, key[len(ns)+1:])
 }

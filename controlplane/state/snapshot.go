@@ -70,12 +70,10 @@ func (s *Snapshot) Persist(w io.Writer) error {
 	for _, info := range kinds {
 		if info.Table == workloadsTable {
 			var err error
-			if set := readWorkloads(s.tx, nil, nil); set != nil {
-				btreeAscend(set.byID, func(*meshfedv1.Workload) bool { return true }, func(w *meshfedv1.Workload) bool {
-					err = write(info, w)
-					return err == nil
-				})
-			}
+			readWorkloads(s.tx, nil, nil).all(func(w *meshfedv1.Workload) bool {
+				err = write(info, w)
+				return err == nil
+			})
 			if err != nil {
 				return err
 			}
@@ -158,7 +156,7 @@ func (s *Store) Restore(r io.Reader) error {
 	workloads.buildGroups()
 	for _, info := range kinds {
 		var set *workloadSet
-		if info.Table == workloadsTable && workloads.byID.root != nil {
+		if info.Table == workloadsTable && workloads.namespaces.root != nil {
 			set = workloads
 		}
 		if err := setIndex(tx, info.Table, index, set); err != nil {
