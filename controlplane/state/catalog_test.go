@@ -12,36 +12,46 @@ import (
 	meshfedv1 "github.com/meshfed/meshfed/api/meshfed/v1"
 )
 
+// listPages lists the workloads p selects in pages of p.Limit, following
+// the cursor, and checks the size of each page.
+func listPages(t *testing.T, s *Store, p ListParams) []*meshfedv1.Workload {
+	t.Helper()
+	p.Kind = kindWorkload
+	var out []*meshfedv1.Workload
+	for {
+		_, items, next, err := s.List(nil, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.Limit > 0 && len(items) > p.Limit {
+			t.Fatalf("page of %d, limit %d", len(items), p.Limit)
+		}
+		for _, r := range items {
+			out = append(out, r.(*meshfedv1.Workload))
+		}
+		if next == "" {
+			return out
+		}
+		p.After = next
+	}
+}
+
 // listService returns the names of a service's workloads, read in pages of
 // limit.
 func listService(t *testing.T, s *Store, ns, svc string, limit int) []string {
 	t.Helper()
 	var out []string
-	after := ""
-	for {
-		_, items, next, err := s.List(nil, ListParams{Kind: kindWorkload, Namespace: ns, Service: svc, After: after, Limit: limit})
-		if err != nil {
-			t.Fatal(err)
+	for _, w := range listPages(t, s, ListParams{Namespace: ns, Service: svc, Limit: limit}) {
+		if w.GetMeta().GetNamespace() != ns || w.GetService() != svc {
+			t.Fatalf("workload %s of %s/%s listed for %s/%s", resourceID(w), w.GetMeta().GetNamespace(), w.GetService(), ns, svc)
 		}
-		if limit > 0 && len(items) > limit {
-			t.Fatalf("page of %d, limit %d", len(items), limit)
+		// The listed object is the stored one.
+		if _, got, _ := s.Get(nil, kindWorkload, ns, w.GetMeta().GetName()); got != w {
+			t.Fatalf("listed %s is not the stored object", resourceID(w))
 		}
-		for _, r := range items {
-			w := r.(*meshfedv1.Workload)
-			if w.GetMeta().GetNamespace() != ns || w.GetService() != svc {
-				t.Fatalf("workload %s of %s/%s listed for %s/%s", resourceID(w), w.GetMeta().GetNamespace(), w.GetService(), ns, svc)
-			}
-			// The listed object is the stored one.
-			if _, got, _ := s.Get(nil, kindWorkload, ns, w.GetMeta().GetName()); got != r {
-				t.Fatalf("listed %s is not the stored object", resourceID(w))
-			}
-		}
-		out = append(out, names(items)...)
-		if next == "" {
-			return out
-		}
-		after = next
+		out = append(out, ns+"/"+w.GetMeta().GetName())
 	}
+	return out
 }
 
 // checkGroups compares every service's list with the workloads of the
@@ -232,28 +242,14 @@ func checkModel(t *testing.T, s *Store, model map[string]string, limit int) {
 	t.Helper()
 	list := func(ns string) []string {
 		var out []string
-		after := ""
-		for {
-			_, items, next, err := s.List(nil, ListParams{Kind: kindWorkload, Namespace: ns, After: after, Limit: limit})
-			if err != nil {
-				t.Fatal(err)
+		for _, w := range listPages(t, s, ListParams{Namespace: ns, Limit: limit}) {
+			id := w.GetMeta().GetNamespace() + "/" + w.GetMeta().GetName()
+			if svc, ok := model[id]; !ok || svc != w.GetService() {
+				t.Fatalf("listed %s of service %q; the model has %q (%v)", id, w.GetService(), svc, ok)
 			}
-			if limit > 0 && len(items) > limit {
-				t.Fatalf("page of %d, limit %d", len(items), limit)
-			}
-			for _, r := range items {
-				w := r.(*meshfedv1.Workload)
-				id := w.GetMeta().GetNamespace() + "/" + w.GetMeta().GetName()
-				if svc, ok := model[id]; !ok || svc != w.GetService() {
-					t.Fatalf("listed %s of service %q; the model has %q (%v)", id, w.GetService(), svc, ok)
-				}
-				out = append(out, id)
-			}
-			if next == "" {
-				return out
-			}
-			after = next
+			out = append(out, id)
 		}
+		return out
 	}
 	want := slices.Sorted(maps.Keys(model))
 	if got := list(""); !slices.Equal(got, want) {
