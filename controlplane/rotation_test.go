@@ -38,7 +38,6 @@ type testWatcher struct {
 	ts  *testServer
 	mu  sync.Mutex
 	svd *meshfedv1.SVIDResponse
-	key interface{ Public() any }
 	// bundles records every bundle received.
 	bundles []*meshfedv1.WatchBundleResponse
 	renewed int

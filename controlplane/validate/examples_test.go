@@ -1,6 +1,7 @@
 package validate
 
 import (
+	"testing"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -8,6 +9,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	meshfedv1 "github.com/meshfed/meshfed/api/meshfed/v1"
+	"github.com/meshfed/meshfed/controlplane/state"
 )
 
 // Valid examples of every kind: tests mutate copies of them, and the fuzz
@@ -173,5 +175,29 @@ func validExamples() map[meshfedv1.ResourceKind]proto.Message {
 		meshfedv1.ResourceKind_RESOURCE_KIND_AUTHORITY:            validStoredAuthority(),
 		meshfedv1.ResourceKind_RESOURCE_KIND_SERVER:               validServerRecord(),
 		meshfedv1.ResourceKind_RESOURCE_KIND_CLUSTER:              validClusterRecord(),
+	}
+}
+
+// TestValidExamples checks that every stored kind has a rule and a valid
+// example here, that the example passes, and that a message of another
+// kind is refused rather than validated by the wrong rules.
+func TestValidExamples(t *testing.T) {
+	examples := validExamples()
+	for _, info := range state.Kinds() {
+		msg, ok := examples[info.Kind]
+		if !ok {
+			t.Errorf("no valid example of %v", info.Kind)
+			continue
+		}
+		if err := Resource(info.Kind, msg); err != nil {
+			t.Errorf("valid example of %v: %v", info.Kind, err)
+		}
+		other := meshfedv1.ResourceKind_RESOURCE_KIND_SERVICE
+		if info.Kind == other {
+			other = meshfedv1.ResourceKind_RESOURCE_KIND_WORKLOAD
+		}
+		if err := Resource(other, msg); err == nil {
+			t.Errorf("a %v example passed as a %v", info.Kind, other)
+		}
 	}
 }
