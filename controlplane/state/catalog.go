@@ -2,6 +2,7 @@ package state
 
 import (
 	"fmt"
+	"iter"
 	"maps"
 	"strings"
 
@@ -87,27 +88,20 @@ func (set *workloadSet) get(namespace, name string) *meshfedv1.Workload {
 	return it.w
 }
 
-// each calls fn on every workload in id key order, from the first of a
-// namespace for which fromNS is true and, in each namespace, the first for
-// which from is true (each false, then true, along the order), until fn
-// returns false.
-func (set *workloadSet) each(fromNS func(ns string) bool, from func(ns, name string) bool, fn func(*meshfedv1.Workload) bool) {
+// all calls fn on every workload in id key order until fn returns false.
+func (set *workloadSet) all(fn func(*meshfedv1.Workload) bool) {
 	if set == nil {
 		return
 	}
-	btreeAscend(set.namespaces, func(g *serviceGroup) bool { return fromNS(g.namespace) }, func(g *serviceGroup) bool {
+	every := func(groupItem) bool { return true }
+	btreeAscend(set.namespaces, func(*serviceGroup) bool { return true }, func(g *serviceGroup) bool {
 		more := true
-		btreeAscend(g.members, func(it groupItem) bool { return from(g.namespace, it.name) }, func(it groupItem) bool {
+		btreeAscend(g.members, every, func(it groupItem) bool {
 			more = fn(it.w)
 			return more
 		})
 		return more
 	})
-}
-
-// all is each over every workload.
-func (set *workloadSet) all(fn func(*meshfedv1.Workload) bool) {
-	set.each(func(string) bool { return true }, func(string, string) bool { return true }, fn)
 }
 
 // group returns the group of id, nil if there is none.
@@ -248,35 +242,55 @@ func (set *workloadSet) buildGroups() {
 	})
 }
 
-// listGroup returns the workloads of a group whose id key is after after,
-// at most limit of them (0: all), and the cursor of the next page.
-func listGroup(g *serviceGroup, after string, limit int) ([]Resource, string) {
-	if g == nil {
-		return nil, ""
-	}
-	// Every item's id key is namespace, NUL, name: start at the first
-	// name whose key sorts after the cursor.
-	prefix := nsPrefix(g.namespace)
-	from := func(groupItem) bool { return true }
-	switch {
-	case after == "" || after < prefix:
-	case strings.HasPrefix(after, prefix):
-		name := after[len(prefix):]
-		from = func(it groupItem) bool { return it.name > name }
-	default:
-		return nil, ""
-	}
+// listGroups returns the workloads of groups, which come in id key
+// order, whose id key is after after, at most limit of them (0: all), and
+// the cursor of the next page.
+func listGroups(groups iter.Seq[*serviceGroup], after string, limit int) ([]Resource, string) {
 	var items []Resource
 	next := ""
-	btreeAscend(g.members, from, func(it groupItem) bool {
-		if limit > 0 && len(items) == limit {
-			next = resourceID(items[len(items)-1])
-			return false
+	for g := range groups {
+		from, ok := groupStart(g, after)
+		if !ok {
+			continue
 		}
-		items = append(items, it.w)
-		return true
-	})
+		btreeAscend(g.members, from, func(it groupItem) bool {
+			if limit > 0 && len(items) == limit {
+				next = resourceID(items[len(items)-1])
+				return false
+			}
+			items = append(items, it.w)
+			return true
+		})
+		if next != "" {
+			break
+		}
+	}
 	return items, next
+}
+
+// groupStart returns where the workloads of g whose id key is after the
+// cursor after begin, and false when every one of them is before it.
+func groupStart(g *serviceGroup, after string) (func(groupItem) bool, bool) {
+	// Every item's id key is namespace, NUL, name.
+	prefix := nsPrefix(g.namespace)
+	switch {
+	case after == "" || after < prefix:
+		return func(groupItem) bool { return true }, true
+	case strings.HasPrefix(after, prefix):
+		name := after[len(prefix):]
+		return func(it groupItem) bool { return it.name > name }, true
+	default:
+		return nil, false
+	}
+}
+
+// single is the sequence of g alone, or of nothing when g is nil.
+func single(g *serviceGroup) iter.Seq[*serviceGroup] {
+	return func(yield func(*serviceGroup) bool) {
+		if g != nil {
+			yield(g)
+		}
+	}
 }
 
 // workloadSibling returns a stored workload to share strings with, for

@@ -32,6 +32,9 @@ func listPages(t *testing.T, s *Store, p ListParams) []*meshfedv1.Workload {
 		if next == "" {
 			return out
 		}
+		if next <= p.After {
+			t.Fatalf("cursor %q does not move past %q", next, p.After)
+		}
 		p.After = next
 	}
 }

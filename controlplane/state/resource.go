@@ -159,7 +159,7 @@ func (s *Store) listService(ws memdb.WatchSet, info KindInfo, ns string, p ListP
 	defer tx.Abort()
 	row := indexRowTxn(tx, ws, d, info.Table)
 	idx, g := row.Index, row.workloads.group(groupID{ns, p.Service})
-	items, next := listGroup(g, p.After, p.Limit)
+	items, next := listGroups(single(g), p.After, p.Limit)
 	return idx, items, next, nil
 }
 
@@ -181,48 +181,17 @@ func (s *Store) listWorkloads(ws memdb.WatchSet, info KindInfo, ns string, p Lis
 	tx := d.mem.Txn(false)
 	defer tx.Abort()
 	row := indexRowTxn(tx, ws, d, info.Table)
-	if row.workloads == nil {
+	set := row.workloads
+	if set == nil {
 		return row.Index, nil, "", nil
 	}
-	// Start at the first workload of the namespace, or after the cursor
-	// (an id key).
-	fromNS := func(n string) bool { return n >= ns }
-	from := func(string, string) bool { return true }
-	if p.After != "" {
-		from = func(n, name string) bool { return compareIDKey(n, name, p.After) > 0 }
+	groups := func(yield func(*serviceGroup) bool) {
+		btreeAscend(set.namespaces, func(*serviceGroup) bool { return true }, yield)
 	}
-	var items []Resource
-	next := ""
-	row.workloads.each(fromNS, from, func(w *meshfedv1.Workload) bool {
-		if ns != "" && w.GetMeta().GetNamespace() != ns {
-			return false
-		}
-		if p.Limit > 0 && len(items) == p.Limit {
-			next = resourceID(items[len(items)-1])
-			return false
-		}
-		items = append(items, w)
-		return true
-	})
+	if ns != "" {
+		g, _ := btreeGet(set.namespaces, ns, cmpNamespace)
+		groups = single(g)
+	}
+	items, next := listGroups(groups, p.After, p.Limit)
 	return row.Index, items, next, nil
-}
-
-// compareIDKey compares idKey(ns, name) with key, without building it.
-func compareIDKey(ns, name, key string) int {
-	if len(key) <= len(ns) {
-		if c := strings.Compare(ns, key); c != 0 || len(key) < len(ns) {
-			return c
-		}
-		// key is ns: the id key is longer.
-		return 1
-	}
-	if c := strings.Compare(ns, key[:len(ns)]); c != 0 {
-		return c
-	}
-	// ns is a proper prefix of key: the id key's next byte is NUL, the
-	// smallest there is.
-	if key[len(ns)] != 0 {
-		return -1
-	}
-	return strings.Compare(name, key[len(ns)+1:])
 }
