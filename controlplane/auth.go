@@ -404,7 +404,7 @@ func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.Unary
 		if status.Code(err) == codes.Unauthenticated && bearerToken(ctx) != "" && !s.isLeader() && !isForwarded(ctx) {
 			return s.fwd.forwardUnary(ctx, info.FullMethod, req.(proto.Message))
 		}
-		return nil, err
+		return nil, authFailure(err, bearerToken(ctx) != "", s.catchingUp())
 	}
 	ctx = withCaller(ctx, c)
 	if needLeader && pol.forward == fwdIfConsistent {
@@ -426,7 +426,25 @@ func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.Str
 	pol := policyFor(info.FullMethod)
 	c, err := s.authenticate(ss.Context(), info.FullMethod, pol)
 	if err != nil {
-		return err
+		return authFailure(err, bearerToken(ss.Context()) != "", s.catchingUp())
 	}
 	return handler(srv, &wrappedStream{ServerStream: ss, ctx: withCaller(ss.Context(), c)})
+}
+
+// catchingUp reports whether this server has not yet applied its own Raft
+// log as it stood when the server started. A restarted server replays its
+// log only once a leader tells it what is committed; until then its state
+// misses what it held before, tokens included.
+func (s *Server) catchingUp() bool { return s.raft.AppliedIndex() < s.startIndex }
+
+// authFailure is the error for a call whose authentication failed with err:
+// a token unknown to a server that is still catching up after a restart
+// may well be valid, so the caller is told to retry (UNAVAILABLE, which
+// clients retry, on this server or another) rather than that the token is
+// invalid.
+func authFailure(err error, hasToken, catchingUp bool) error {
+	if hasToken && catchingUp && status.Code(err) == codes.Unauthenticated {
+		return status.Error(codes.Unavailable, "this server is still applying the cluster's state after a restart; retry")
+	}
+	return err
 }

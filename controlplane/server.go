@@ -39,6 +39,10 @@ type Server struct {
 	wal    *wal.WAL
 	trans  *raft.NetworkTransport
 	stream *tlsStreamLayer
+	// startIndex is the last index of this server's own Raft log when it
+	// started: until it has applied that far, its state is behind what it
+	// held before a restart (see catchingUp).
+	startIndex uint64
 
 	tls *tlsutil.Source
 	ca  *ca.CA
@@ -260,6 +264,7 @@ func (s *Server) startRaft(snaps raft.SnapshotStore, bootstrap bool) error {
 	if err != nil {
 		return fmt.Errorf("starting raft: %w", err)
 	}
+	s.startIndex = s.raft.LastIndex()
 	if bootstrap {
 		f := s.raft.BootstrapCluster(raft.Configuration{Servers: []raft.Server{{
 			Suffrage: raft.Voter, ID: raft.ServerID(s.cfg.NodeID), Address: raft.ServerAddress(s.cfg.RaftAdvertiseAddr),

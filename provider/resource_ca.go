@@ -240,7 +240,7 @@ func (r *caResource) rotate(ctx context.Context) error {
 		if err == nil || ctx.Err() != nil || !isUnavailable(err) {
 			return err
 		}
-		tflog.Warn(ctx, "no leader reachable during the CA rotation; retrying", map[string]any{"error": err.Error()})
+		tflog.Warn(ctx, "cluster unavailable during the CA rotation; retrying", map[string]any{"error": err.Error()})
 		select {
 		case <-ctx.Done():
 			return err

@@ -164,7 +164,7 @@ After retire, clients must trust the new root: re-read <data-dir>/ca.pem
 						(started && req.GetStep() != meshfedv1.RotationStep_ROTATION_STEP_UNSPECIFIED) {
 						return err
 					}
-					fmt.Fprintf(progress, "no leader reachable (%s); retrying in %s\n", status.Convert(err).Message(), backoff)
+					fmt.Fprintf(progress, "cluster unavailable (%s); retrying in %s\n", status.Convert(err).Message(), backoff)
 					select {
 					case <-ctx.Done():
 						return ctx.Err()
