@@ -185,8 +185,12 @@ func (c *CA) sign(p SignParams, csr *x509.CertificateRequest) ([]*x509.Certifica
 	if !now.Before(issuer.NotAfter) {
 		return nil, "", fmt.Errorf("%w: authority %q expired at %s", ErrAuthorityExpired, s.activeID, issuer.NotAfter.UTC().Format(time.RFC3339))
 	}
-	// The leaf lives ttl, but never past the intermediate.
-	lifetime := minTime(now.Add(ttl), issuer.NotAfter).Sub(now)
+	// The leaf lives ttl, but never past the intermediate. smallstep dates
+	// the leaf from the real clock (below), so the cap is counted from it
+	// too: counted from c.now(), which tests fix, a capped leaf could
+	// outlive its intermediate by however far the two clocks are apart.
+	signNow := time.Now()
+	lifetime := minTime(signNow.Add(ttl), issuer.NotAfter).Sub(signNow)
 	if lifetime <= 0 {
 		return nil, "", fmt.Errorf("%w: authority %q expires now", ErrAuthorityExpired, s.activeID)
 	}
@@ -209,8 +213,8 @@ func (c *CA) sign(p SignParams, csr *x509.CertificateRequest) ([]*x509.Certifica
 		URIs:                  []*url.URL{p.ID.URL()},
 		DNSNames:              slices.Clone(p.DNSNames),
 		IPAddresses:           slices.Clone(p.IPs),
-		NotBefore:             now,
-		NotAfter:              now.Add(lifetime + backdate),
+		NotBefore:             signNow,
+		NotAfter:              signNow.Add(lifetime + backdate),
 		KeyUsage:              keyUsage,
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		BasicConstraintsValid: true,
