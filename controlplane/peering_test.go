@@ -714,11 +714,18 @@ func TestPeeringDeletedWhileLinkDown(t *testing.T) {
 func TestPeerLinkReplacement(t *testing.T) {
 	l := newPeerLinks()
 	ctxA, cancelA := context.WithCancelCause(context.Background())
-	doneA := l.start("west", cancelA)
+	a, doneA := l.start("west", cancelA)
+	if l.superseded("west", a) || !l.superseded("west", nil) {
+		t.Fatal("a lone session counts as superseded, or a link loop does not see it running")
+	}
 	ctxB, cancelB := context.WithCancelCause(context.Background())
-	doneB := l.start("west", cancelB)
+	b, doneB := l.start("west", cancelB)
 	if !errors.Is(context.Cause(ctxA), errReplaced) {
 		t.Fatalf("the first session ended with %v, want errReplaced", context.Cause(ctxA))
+	}
+	// The first session must not mark the peering down: the link is up.
+	if !l.superseded("west", a) || l.superseded("west", b) {
+		t.Fatal("superseded does not tell the replaced session from its successor")
 	}
 	doneA()
 	if ctxB.Err() != nil {
@@ -736,5 +743,8 @@ func TestPeerLinkReplacement(t *testing.T) {
 	doneB()
 	if l.close("west", "again") {
 		t.Fatal("a session is still registered after both ended")
+	}
+	if l.superseded("west", b) || l.superseded("west", nil) {
+		t.Fatal("a peering with no session running counts as superseded")
 	}
 }

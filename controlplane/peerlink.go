@@ -57,7 +57,7 @@ var errReplaced = errors.New("replaced by a new session")
 var errClosedHere = errors.New("peering deleted on this side")
 
 // start registers a session; the returned function unregisters it.
-func (l *peerLinks) start(name string, cancel context.CancelCauseFunc) func() {
+func (l *peerLinks) start(name string, cancel context.CancelCauseFunc) (*linkSession, func()) {
 	me := &linkSession{cancel: cancel}
 	l.mu.Lock()
 	if prev, ok := l.running[name]; ok {
@@ -65,7 +65,7 @@ func (l *peerLinks) start(name string, cancel context.CancelCauseFunc) func() {
 	}
 	l.running[name] = me
 	l.mu.Unlock()
-	return func() {
+	return me, func() {
 		l.mu.Lock()
 		// A session that was replaced leaves its successor registered.
 		if l.running[name] == me {
@@ -74,6 +74,16 @@ func (l *peerLinks) start(name string, cancel context.CancelCauseFunc) func() {
 		}
 		l.mu.Unlock()
 	}
+}
+
+// superseded reports whether a session other than me (nil: any session)
+// runs for the peering: the link is up again, and a session that ended
+// before it must not mark the peering down.
+func (l *peerLinks) superseded(name string, me *linkSession) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	cur, ok := l.running[name]
+	return ok && cur != me
 }
 
 // close ends the session of a peering being deleted, after telling the
@@ -298,23 +308,50 @@ func (l peerLocal) Closed(ctx context.Context, peer, reason string) error {
 }
 
 // disconnected records that a peering's link is down: the peering says so
-// with the error, and its imports are kept but marked stale.
-func (s *Server) disconnected(ctx context.Context, peer string, cause error) {
-	if !s.isLeader() || errors.Is(cause, errPeeringGone) || errors.Is(cause, federation.ErrPeerClosed) || errors.Is(cause, errClosedHere) {
-		return
-	}
-	p, err := s.peering(peer)
-	if err != nil || p == nil {
+// with the error, and its imports are kept but marked stale. me is the
+// session that ended (nil when none ran); nothing is recorded once another
+// session for the peering runs. A concurrent write to the peering or its
+// imports (the ended session's last apply, say) is read again and the
+// marks retried.
+func (s *Server) disconnected(ctx context.Context, peer string, me *linkSession, cause error) {
+	if errors.Is(cause, errPeeringGone) || errors.Is(cause, federation.ErrPeerClosed) || errors.Is(cause, errClosedHere) {
 		return
 	}
 	msg := ""
 	if cause != nil {
 		msg = cause.Error()
 	}
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	var err error
+	for range 5 {
+		if !s.isLeader() || s.links.superseded(peer, me) {
+			return
+		}
+		var b *meshfedv1.ResourceWriteBatch
+		if b, err = s.disconnectedWrites(peer, msg); err != nil || b == nil {
+			break
+		}
+		if _, err = s.applyBatch(wctx, b); err == nil || !isVersionMismatch(err) {
+			break
+		}
+	}
+	if err != nil {
+		s.log.Warn("marking peering disconnected", "peer", peer, "error", err)
+	}
+}
+
+// disconnectedWrites is the batch that marks a peering disconnected with
+// msg and its imports stale, or nil when the store already says so.
+func (s *Server) disconnectedWrites(peer, msg string) (*meshfedv1.ResourceWriteBatch, error) {
+	p, err := s.peering(peer)
+	if err != nil || p == nil {
+		return nil, err
+	}
 	b := &meshfedv1.ResourceWriteBatch{}
 	_, items, _, err := s.store().List(nil, state.ListParams{Kind: kindImported, Peer: peer})
 	if err != nil {
-		return
+		return nil, err
 	}
 	for _, it := range items {
 		imp := it.(*meshfedv1.ImportedService)
@@ -327,7 +364,7 @@ func (s *Server) disconnected(ctx context.Context, peer string, cause error) {
 		next.Stale = true
 		payload, err := proto.Marshal(next)
 		if err != nil {
-			return
+			return nil, err
 		}
 		b.Writes = append(b.Writes, &meshfedv1.ResourceWrite{Kind: kindImported, Namespace: next.Meta.Namespace, Name: next.Meta.Name, Payload: payload, ExpectedVersion: imp.GetMeta().GetVersion()})
 	}
@@ -338,18 +375,14 @@ func (s *Server) disconnected(ctx context.Context, peer string, cause error) {
 	}
 	np.LastError = msg
 	if proto.Equal(np, p) && len(b.Writes) == 0 {
-		return
+		return nil, nil
 	}
 	payload, err := proto.Marshal(np)
 	if err != nil {
-		return
+		return nil, err
 	}
 	b.Writes = append(b.Writes, &meshfedv1.ResourceWrite{Kind: kindPeering, Name: peer, Payload: payload, ExpectedVersion: p.GetMeta().GetVersion()})
-	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer cancel()
-	if _, err := s.applyBatch(wctx, b); err != nil {
-		s.log.Warn("marking peering disconnected", "peer", peer, "error", err)
-	}
+	return b, nil
 }
 
 // ownOpen is this side's first message on a peer stream.
@@ -368,7 +401,7 @@ func (s *Server) ownOpen(secret string) (*meshfedv1.PeerMessage, error) {
 func (s *Server) runSession(ctx context.Context, name string, td spiffeid.TrustDomain, stream federation.Stream) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	done := s.links.start(name, cancel)
+	me, done := s.links.start(name, cancel)
 	defer done()
 	// A session lives only as long as this server leads: its writes go
 	// through Raft, and the dialer's new leader takes the link over.
@@ -401,7 +434,7 @@ func (s *Server) runSession(ctx context.Context, name string, td spiffeid.TrustD
 		return err
 	}
 	s.log.Warn("peer link down", "peer", name, "error", err)
-	s.disconnected(ctx, name, err)
+	s.disconnected(ctx, name, me, err)
 	return err
 }
 
@@ -633,7 +666,7 @@ func (s *Server) peerLink(ctx context.Context, name string) {
 		if errors.Is(err, errClosedHere) {
 			return
 		}
-		s.disconnected(ctx, name, err)
+		s.disconnected(ctx, name, nil, err)
 		// The wait doubles while the peer cannot be reached; a link that
 		// was up (a session ran) starts again from the shortest wait.
 		if errors.Is(err, errSessionEnded) || time.Since(start) > time.Minute {
