@@ -114,6 +114,60 @@ func startHAProxy(ctx context.Context, ps *harness.Procs, bin, dir string, pki *
 	return h, nil
 }
 
+// haproxyRelayCfg is the reference hop: one HAProxy thread relaying plain
+// TCP from the load generator to the app, with no TLS and no HTTP parsing.
+// What it costs per request is about the least any proxy hop costs on the
+// machine: system calls, the kernel's TCP work and wake-ups.
+const haproxyRelayCfg = `global
+    maxconn 8192
+    nbthread 1
+
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 10m
+    timeout server 10m
+
+frontend in
+    bind 127.0.0.1:%[1]d
+    default_backend app
+
+backend app
+    server app 127.0.0.1:%[2]d
+`
+
+// startRelay starts the reference TCP relay in front of the app and returns
+// it with the address the load generator sends to.
+func startRelay(ctx context.Context, ps *harness.Procs, bin, dir string, appPort int) (*harness.Proc, string, error) {
+	path, err := exec.LookPath(bin)
+	if err != nil {
+		return nil, "", fmt.Errorf("haproxy binary: %w (run scripts/bench-deps.sh, pass -haproxy-bin, or -skip-haproxy)", err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, "", err
+	}
+	ports, err := harness.FreePorts(1)
+	if err != nil {
+		return nil, "", err
+	}
+	listen := fmt.Sprintf("127.0.0.1:%d", ports[0])
+	file := filepath.Join(dir, "tcp-relay.cfg")
+	if err := os.WriteFile(file, []byte(fmt.Sprintf(haproxyRelayCfg, ports[0], appPort)), 0o600); err != nil {
+		return nil, "", err
+	}
+	p, err := ps.Start("tcp-relay", filepath.Join(dir, "tcp-relay.log"), nil, path, "-db", "-f", file)
+	if err != nil {
+		return nil, "", err
+	}
+	cl := newClient(listen, 1)
+	defer cl.reset()
+	if err := harness.WaitFor(ctx, "a request through the TCP relay", 30*time.Second, []*harness.Proc{p}, cl.do); err != nil {
+		ps.Stop(p)
+		return nil, "", err
+	}
+	return p, listen, nil
+}
+
 func (h *haproxyPair) procs() []*harness.Proc { return []*harness.Proc{h.client, h.server} }
 
 // haproxyVersion is the version `haproxy -v` prints, e.g. "2.6.12-1+deb12u4".

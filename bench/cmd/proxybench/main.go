@@ -5,8 +5,11 @@
 // loop, so a stall is charged to every request it delays), the highest
 // request rate with many clients, CPU time per 1,000 requests and resident
 // memory of each proxy, and the resident memory of an idle meshfed-proxy
-// that knows 1,000 services. Everything runs on 127.0.0.1. It prints
-// figures and the targets they are held to, and asserts nothing.
+// that knows 1,000 services. A reference hop, one HAProxy thread relaying
+// plain TCP (no TLS, no HTTP), runs under the same load: its CPU per
+// request is about the least any proxy hop costs on the machine. Everything
+// runs on 127.0.0.1. It prints figures and the targets they are held to,
+// and asserts nothing.
 package main
 
 import (
@@ -177,6 +180,28 @@ func run(cfg config) error {
 		}
 	}
 
+	// The reference hop runs with HAProxy: it needs the same binary.
+	relay := &entry{name: "tcp-relay"}
+	entries = append(entries, relay)
+	if cfg.skipHAProxy {
+		relay.skipped = "-skip-haproxy"
+	} else {
+		var p *harness.Proc
+		var listen string
+		p, listen, relay.setup = startRelay(ctx, ps, cfg.haproxyBin, filepath.Join(tmp, "tcp-relay"), a.port)
+		if relay.setup != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			harness.Logf("TCP relay: %v", relay.setup)
+		} else {
+			relay.procs = []*harness.Proc{p}
+			relay.fixCl, relay.maxCl = newClient(listen, cfg.conns), newClient(listen, cfg.concurrency)
+			relay.desc = "reference hop: one HAProxy process, one thread, plain TCP (mode tcp: no TLS, no HTTP parsing): load generator -> " + listen + " -> app"
+			harness.Logf("TCP relay ready: %s (pid %d)", listen, p.PID())
+		}
+	}
+
 	mf := &entry{name: "meshfed"}
 	entries = append(entries, mf)
 	var cp *controlPlane
@@ -271,7 +296,10 @@ func run(cfg config) error {
 			msg := fmt.Sprintf("%-7s run %d/%d fixed %d/s: p50 %s  p90 %s  p99 %s  max %s  errors %d",
 				e.name, r+1, cfg.runs, cfg.rate, harness.MS(res.pct(0.5)), harness.MS(res.pct(0.9)), harness.MS(res.pct(0.99)),
 				harness.MS(res.lat[len(res.lat)-1]), res.errors)
-			if len(e.procs) == 2 {
+			switch len(e.procs) {
+			case 1:
+				msg += fmt.Sprintf("  CPU/1000 req: %s", harness.MS(res.cpuPer1000(0)))
+			case 2:
 				msg += fmt.Sprintf("  CPU/1000 req: client %s server %s", harness.MS(res.cpuPer1000(0)), harness.MS(res.cpuPer1000(1)))
 			}
 			harness.Logf("%s", msg)

@@ -33,6 +33,8 @@ type summary struct {
 	CPUClient *float64 `json:"cpu_client_ms_per_1000,omitempty"`
 	CPUServer *float64 `json:"cpu_server_ms_per_1000,omitempty"`
 	CPUPair   *float64 `json:"cpu_pair_ms_per_1000,omitempty"`
+	// CPU per 1,000 requests of a one-process target (the TCP relay).
+	CPUProc *float64 `json:"cpu_ms_per_1000,omitempty"`
 	// Both proxies' CPU per 1,000 requests in the maximum-throughput phase.
 	CPUPairAtMax *float64 `json:"cpu_pair_ms_per_1000_at_max,omitempty"`
 	// Resident memory before any load, and the peak under the fixed rate
@@ -164,6 +166,9 @@ func summarize(e *entry, direct *entry) *summary {
 	if len(addP50) > 0 {
 		s.AddedP50, s.AddedP99 = ptr(harness.Median(addP50)), ptr(harness.Median(addP99))
 	}
+	if len(e.procs) == 1 && len(e.fixed) > 0 {
+		s.CPUProc = ptr(harness.Median(cpu[0]))
+	}
 	if len(e.procs) == 2 && len(e.fixed) > 0 {
 		s.CPUClient, s.CPUServer, s.CPUPair = ptr(harness.Median(cpu[0])), ptr(harness.Median(cpu[1])), ptr(harness.Median(pair))
 		for j := range e.procs {
@@ -265,9 +270,14 @@ func (r *report) goals() []goal {
 	if m != nil && m.CPUPair != nil {
 		g.Figure = fmt.Sprintf("client proxy %.1f ms, server proxy %.1f ms (pair %.1f ms)", *m.CPUClient, *m.CPUServer, *m.CPUPair)
 		g.Met = met(*m.CPUClient <= msf(targetCPUPer1000) && *m.CPUServer <= msf(targetCPUPer1000))
+		var notes []string
 		if h != nil && h.CPUPair != nil {
-			g.Note = fmt.Sprintf("HAProxy: client %.1f ms, server %.1f ms", *h.CPUClient, *h.CPUServer)
+			notes = append(notes, fmt.Sprintf("HAProxy: client %.1f ms, server %.1f ms", *h.CPUClient, *h.CPUServer))
 		}
+		if t := r.sum["tcp-relay"]; t != nil && t.CPUProc != nil {
+			notes = append(notes, fmt.Sprintf("a bare TCP relay hop: %.1f ms", *t.CPUProc))
+		}
+		g.Note = strings.Join(notes, "; ")
 	}
 	return append(gs, g)
 }
@@ -405,6 +415,16 @@ func (r *report) print(w io.Writer) {
 	line("  CPU ms per 1,000 req: pair", opt(func(s *summary) *float64 { return s.CPUPairAtMax }, "%.1f"), true)
 	fmt.Fprintln(w, "  (meshfed/HAProxy below 1 means meshfed is ahead, except for requests/s)")
 
+	if t := r.sum["tcp-relay"]; t != nil && t.Runs > 0 {
+		fmt.Fprintf(w, "reference hop (tcp-relay: one HAProxy thread, plain TCP, no TLS, no HTTP), same load\n")
+		fmt.Fprintf(w, "  added p50 / p99 ms (vs direct)              %+.3f / %+.3f\n", deref(t.AddedP50), deref(t.AddedP99))
+		if t.CPUProc != nil {
+			fmt.Fprintf(w, "  CPU ms per 1,000 req                        %.1f\n", *t.CPUProc)
+		}
+		fmt.Fprintf(w, "  max throughput requests/s                   %.0f\n", t.MaxRPS)
+		fmt.Fprintf(w, "  failed requests (all runs)                  %d/%d, %d at max throughput\n", t.Errors, t.Requests, t.MaxErrors)
+	}
+
 	for _, t := range r.Targets {
 		for _, e := range t.RunErrors {
 			fmt.Fprintf(w, "  %s: a run failed: %s\n", t.Name, indent(e))
@@ -456,6 +476,13 @@ func (r *report) print(w io.Writer) {
 		}
 		fmt.Fprintf(w, "  %-48s %-12s %s%s\n", g.Name+":", state, figure, note)
 	}
+}
+
+func deref(p *float64) float64 {
+	if p == nil {
+		return 0
+	}
+	return *p
 }
 
 func indent(s string) string { return strings.ReplaceAll(s, "\n", "\n    ") }
