@@ -417,7 +417,9 @@ func (r *report) print(w io.Writer) {
 
 	if t := r.sum["tcp-relay"]; t != nil && t.Runs > 0 {
 		fmt.Fprintf(w, "reference hop (tcp-relay: one HAProxy thread, plain TCP, no TLS, no HTTP), same load\n")
-		fmt.Fprintf(w, "  added p50 / p99 ms (vs direct)              %+.3f / %+.3f\n", deref(t.AddedP50), deref(t.AddedP99))
+		if t.AddedP50 != nil {
+			fmt.Fprintf(w, "  added p50 / p99 ms (vs direct)              %+.3f / %+.3f\n", *t.AddedP50, *t.AddedP99)
+		}
 		if t.CPUProc != nil {
 			fmt.Fprintf(w, "  CPU ms per 1,000 req                        %.1f\n", *t.CPUProc)
 		}
@@ -476,13 +478,6 @@ func (r *report) print(w io.Writer) {
 		}
 		fmt.Fprintf(w, "  %-48s %-12s %s%s\n", g.Name+":", state, figure, note)
 	}
-}
-
-func deref(p *float64) float64 {
-	if p == nil {
-		return 0
-	}
-	return *p
 }
 
 func indent(s string) string { return strings.ReplaceAll(s, "\n", "\n    ") }
