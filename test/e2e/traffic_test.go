@@ -472,6 +472,26 @@ func TestProxyTrafficPolicy(t *testing.T) {
 		t.Logf("with v1 answering 503 to everything, 20 requests got 200 from v2; v1 was tried %d times", v1.hits.Load()-before)
 	})
 
+	// bothFailNext makes both apps fail their next request, three times
+	// over: the caller gets an app's 503 after exactly attempts requests.
+	bothFailNext := func(t *testing.T, attempts int64) {
+		t.Helper()
+		resetApps()
+		for i := range 3 {
+			v1.failNext.Store(1)
+			v2.failNext.Store(1)
+			before := hits()
+			r := tpDo(hc, addr, "/req")
+			resetApps()
+			if r.err != nil || r.code != http.StatusServiceUnavailable || r.app == "" {
+				t.Fatalf("round %d: both apps fail their next request, attempts %d: %s; want an app's 503", i+1, attempts, r)
+			}
+			if n := hits() - before; n != attempts {
+				t.Fatalf("round %d: the apps received %d requests; want %d (attempts %d)", i+1, n, attempts, attempts)
+			}
+		}
+	}
+
 	t.Run("retries-1", func(t *testing.T) {
 		t.Cleanup(resetApps)
 		applied := applyTP(t, m, "retries: {attempts: 1}\n")
@@ -483,20 +503,7 @@ func TestProxyTrafficPolicy(t *testing.T) {
 			}
 			return nil
 		})
-		resetApps()
-		for i := range 3 {
-			v1.failNext.Store(1)
-			v2.failNext.Store(1)
-			before := hits()
-			r := tpDo(hc, addr, "/req")
-			resetApps()
-			if r.err != nil || r.code != http.StatusServiceUnavailable || r.app == "" {
-				t.Fatalf("round %d: both apps fail their next request, attempts 1: %s; want the app's 503", i+1, r)
-			}
-			if n := hits() - before; n != 1 {
-				t.Fatalf("round %d: the apps received %d requests; want 1 (no retry)", i+1, n)
-			}
-		}
+		bothFailNext(t, 1)
 	})
 
 	// retry_on alone does not retry past attempts.
@@ -514,20 +521,7 @@ func TestProxyTrafficPolicy(t *testing.T) {
 			}
 			return nil
 		})
-		resetApps()
-		for i := range 3 {
-			v1.failNext.Store(1)
-			v2.failNext.Store(1)
-			before := hits()
-			r := tpDo(hc, addr, "/req")
-			resetApps()
-			if r.err != nil || r.code != http.StatusServiceUnavailable || r.app == "" {
-				t.Fatalf("round %d: both apps fail their next request, attempts 2: %s; want the second app's 503", i+1, r)
-			}
-			if n := hits() - before; n != 2 {
-				t.Fatalf("round %d: the apps received %d requests; want 2 (attempts 2)", i+1, n)
-			}
-		}
+		bothFailNext(t, 2)
 	})
 
 	t.Run("rate-limit", func(t *testing.T) {
